@@ -1,0 +1,198 @@
+"""`load_model`: one handle (model, tokenizer, chat formatting, architecture facts) for a
+packaged alias, a local Hugging Face directory, a local .gguf file or a hub id."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from babelgate.errors import ModelLoadError
+from babelgate.fingerprint import model_fingerprint
+from babelgate.formatting import Message, format_chat, prepare_tokenizer, tokenize_formatted
+from babelgate.layers import find_decoder_blocks
+from babelgate.packaged import DEFAULT_MODEL, PACKAGED_MODELS, ensure_cached
+
+# Chosen from benchmarks/dtype_choice.py (see README "Speed on CPU").
+DEFAULT_CPU_DTYPE = torch.float32
+
+
+@dataclass
+class ModelHandle:
+    """A loaded chat model with the facts every pipeline stage needs."""
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    fingerprint: str
+    blocks_path: str
+    blocks: list[nn.Module] = field(repr=False)
+    system_prompt: str | None = None
+    source: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def hidden_size(self) -> int:
+        config = self.model.config  # type: ignore[attr-defined]
+        text = getattr(config, "text_config", None) or config
+        return int(getattr(text, "hidden_size", None) or text.n_embd)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def format(self, prompts: Sequence[str | Sequence[Message]]) -> list[str]:
+        """Chat-templated texts (generation prompt included) for user texts or message lists."""
+        return [format_chat(self.tokenizer, p, self.system_prompt) for p in prompts]
+
+    def tokenize(self, formatted: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Left-padded batch on the model's device, no extra special tokens."""
+        return tokenize_formatted(self.tokenizer, formatted, self.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "architecture": type(self.model).__name__,
+            "n_layers": self.n_layers,
+            "hidden_size": self.hidden_size,
+            "blocks_path": self.blocks_path,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "system_prompt": self.system_prompt if self.system_prompt is not None else "<template default>",
+            **{f"source_{k}": v for k, v in self.source.items()},
+        }
+
+
+def wrap_model(
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    name: str = "in-memory",
+    layers_path: str | None = None,
+    system_prompt: str | None = None,
+    weights_sha: str | None = None,
+    source: dict[str, str] | None = None,
+) -> ModelHandle:
+    """Build a handle around an already loaded transformers model and tokenizer."""
+    prepare_tokenizer(tokenizer)
+    model.eval()
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    blocks_path, blocks = find_decoder_blocks(model, layers_path)
+    return ModelHandle(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        fingerprint=model_fingerprint(model, tokenizer, weights_sha),
+        blocks_path=blocks_path,
+        blocks=blocks,
+        system_prompt=system_prompt,
+        source=source or {},
+    )
+
+
+def configure_threads() -> int:
+    """Use every core for intra-op work (2 on the reference machine) and one inter-op thread;
+    `BABELGATE_THREADS` overrides."""
+    wanted = int(os.environ.get("BABELGATE_THREADS", "0")) or (os.cpu_count() or 1)
+    torch.set_num_threads(wanted)
+    return wanted
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return DEFAULT_CPU_DTYPE if device == "cpu" else torch.bfloat16
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ModelLoadError(f"unknown dtype '{dtype}'; use one of {', '.join(table)}")
+    return table[dtype]
+
+
+def load_model(
+    spec: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    layers_path: str | None = None,
+    system_prompt: str | None = None,
+    progress: bool = True,
+) -> ModelHandle:
+    """Load a chat model.
+
+    `spec` is a packaged alias (`qwen2.5-coder-0.5b`, `qwen2.5-coder-1.5b`), a local Hugging Face
+    directory, a local `.gguf` file, or a hub id (needs network). `dtype` defaults to the measured
+    CPU default (float32) and bfloat16 on accelerators.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not progress:
+        hf_logging.disable_progress_bar()
+    configure_threads()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = _resolve_dtype(dtype, device)
+    spec_str = str(spec)
+    weights_sha: str | None = None
+    kwargs: dict[str, Any] = {}
+    if spec_str in PACKAGED_MODELS:
+        packaged = PACKAGED_MODELS[spec_str]
+        directory = ensure_cached(packaged, progress=progress)
+        path, weights_sha, kind = str(directory), packaged.sha256, "packaged"
+    else:
+        local = Path(spec_str).expanduser()
+        if local.suffix == ".gguf":
+            if not local.is_file():
+                raise ModelLoadError(f"GGUF file not found: {local}")
+            path, kind = str(local.parent), "gguf"
+            kwargs["gguf_file"] = local.name
+        elif local.is_dir():
+            if not (local / "config.json").is_file():
+                raise ModelLoadError(f"{local} is not a Hugging Face model directory (no config.json)")
+            path, kind = str(local), "hf_dir"
+        elif spec_str.count("/") == 1 and not spec_str.startswith((".", "/", "~")):
+            path, kind = spec_str, "hub"
+        else:
+            known = ", ".join(sorted(PACKAGED_MODELS))
+            raise ModelLoadError(
+                f"'{spec_str}' is neither a packaged alias ({known}), a model directory, a .gguf "
+                "file nor a hub id (owner/name)"
+            )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    except OSError as exc:
+        if kind == "hub":
+            raise ModelLoadError(
+                f"cannot load hub model '{spec_str}': it is not cached locally and the hub could "
+                f"not be reached ({type(exc).__name__}); download it first or give a local path"
+            ) from exc
+        raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc
+    except ValueError as exc:
+        raise ModelLoadError(f"cannot load model '{spec_str}': {exc}") from exc
+    model = model.to(device=device, dtype=torch_dtype)
+    return wrap_model(
+        model,
+        tokenizer,
+        name=spec_str,
+        layers_path=layers_path,
+        system_prompt=system_prompt,
+        weights_sha=weights_sha,
+        source={"kind": kind, "path": path},
+    )
