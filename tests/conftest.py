@@ -6,8 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny test models run fastest on one thread (thread hand-offs dominate their small matmuls,
+# badly so on a loaded machine); real-model tests call load_model, which sets its own count.
+torch.set_num_threads(1)
 
 
 def shared_data_dir() -> Path:
