@@ -186,3 +186,13 @@ def test_not_a_bundle(tmp_path: Path, bundle_gate) -> None:
     (path / "gate.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ArtifactError, match="not a babelgate gate bundle"):
         load_gate(path)
+
+
+def test_model_spec_round_trips(tmp_path: Path, bundle_gate) -> None:
+    import dataclasses
+
+    named = dataclasses.replace(bundle_gate[0], model_spec="qwen2.5-coder-0.5b")
+    named.save(tmp_path / "b")
+    assert Gate.load(tmp_path / "b").model_spec == "qwen2.5-coder-0.5b"
+    meta = json.loads((tmp_path / "b" / "gate.json").read_text())
+    assert meta["model_spec"] == "qwen2.5-coder-0.5b"

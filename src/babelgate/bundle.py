@@ -71,6 +71,7 @@ def save_gate(gate: Gate, directory: str | Path) -> Path:
         "created": gate.created,
         "saved": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_fingerprint": gate.model_fingerprint,
+        "model_spec": gate.model_spec,
         "layer": gate.layer,
         "rank": gate.rank,
         "d": gate.d,
@@ -213,4 +214,5 @@ def _build(gate_cls: type[Gate], meta: dict[str, Any], tensors: dict[str, torch.
         created=str(meta["created"]),
         calibrations=calibrations,
         alpha=None if alpha is None else AlphaCalibration.from_dict(alpha),
+        model_spec=str(meta.get("model_spec", "")),
     )

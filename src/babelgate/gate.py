@@ -283,6 +283,7 @@ class Gate:
     created: str
     calibrations: dict[str, LanguageCalibration] = field(default_factory=dict)
     alpha: AlphaCalibration | None = None
+    model_spec: str = ""  # what load_model was given (alias, path or hub id), for serve/calibrate
     _routing_cache: dict[str, RoutingTensors] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
@@ -303,6 +304,7 @@ class Gate:
         objective: str = "balanced_f1",
         model_fingerprint: str = "",
         data_digest: str = "",
+        model_spec: str = "",
     ) -> Gate:
         """Source-only gate (b = 0) from acts [n, d], labels [n], languages [n] at `layer`.
 
@@ -363,6 +365,7 @@ class Gate:
             data_digest=data_digest or _activation_digest(x_src, y_src.to(torch.float32)),
             fit_stats={},
             created=datetime.now(UTC).isoformat(timespec="seconds"),
+            model_spec=model_spec,
         )
         logits = gate.score(x_src, None)
         choice = select_threshold(logits, y_src, objective)

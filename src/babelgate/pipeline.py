@@ -380,6 +380,7 @@ def run_pipeline(
             seed=options.seed,
             model_fingerprint=handle.fingerprint,
             data_digest=train.digest(),
+            model_spec=handle.name,
         )
         gate = gate.calibrate_alpha(x[is_train], labels[is_train], tr_codes)
         gates: dict[int, Gate] = {0: gate}

@@ -112,6 +112,7 @@ def fit(
         seed=seed,
         model_fingerprint=handle.fingerprint,
         data_digest=train.digest(),
+        model_spec=handle.name,
     )
     gate = gate.calibrate_alpha(x[is_train], labels[is_train], tr_codes)
     if budget:
@@ -142,7 +143,9 @@ def calibrate(
         int | None, typer.Option("--budget", "-b", min=1, help="examples per class (default: all)")
     ] = None,
     mode: Annotated[str, typer.Option("--mode", help="refit or threshold")] = "refit",
-    model: Annotated[str, typer.Option("--model", "-m")] = DEFAULT_MODEL,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="default: the model recorded in the bundle")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
 ) -> None:
@@ -163,6 +166,7 @@ def calibrate(
     if code not in registry:
         raise DataError(f"unknown language {lang!r}; see `babelgate data languages`")
     gate = Gate.load(bundle)  # verifies format and checksums before anything is computed
+    model = model or gate.model_spec or DEFAULT_MODEL
     if not examples.is_file():
         raise DataError(f"examples file not found: {examples}")
     rows = load_prompts(examples, language=code)

@@ -1,0 +1,124 @@
+"""`babelgate serve BUNDLE` as a real subprocess: bundle checks (exit 2 with one clear message),
+and a full serve → request → SIGINT cycle on a tiny model saved as a model directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from babelgate.server.demo import fit_demo_gate
+from babelgate.testing import tiny_model
+
+CLI = [sys.executable, "-c", "from babelgate.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def models_and_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(model dir the gate was fitted on, another model dir, gate bundle)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("serve_cli")
+    dirs = []
+    for seed in (0, 1):
+        handle = tiny_model(seed=seed)
+        target = root / f"tiny{seed}"
+        handle.model.save_pretrained(target)
+        handle.tokenizer.save_pretrained(target)
+        dirs.append(target)
+        if seed == 0:
+            gate = fit_demo_gate(handle, per_class=8, budget=2)
+    bundle = gate.save(root / "bundle")
+    torch.set_num_threads(threads)
+    return dirs[0], dirs[1], bundle
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_serve_refuses_a_bundle_from_another_model(
+    models_and_bundle: tuple[Path, Path, Path],
+) -> None:
+    _, other, bundle = models_and_bundle
+    result = run_cli("serve", str(bundle), "--model", str(other), "--port", str(free_port()))
+    assert result.returncode == 2, result.stderr
+    assert "fingerprint" in result.stderr and "--model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_tampered_bundle(
+    models_and_bundle: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    model_dir, _, bundle = models_and_bundle
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("gate.json", "gate.safetensors"):
+        (broken / name).write_bytes((bundle / name).read_bytes())
+    (broken / "gate.json").write_text(
+        (bundle / "gate.json").read_text().replace('"layer": ', '"layer": 1')
+    )
+    result = run_cli("serve", str(broken), "--model", str(model_dir))
+    assert result.returncode == 2 and "checksum" in result.stderr
+
+
+def test_serve_answers_requests_and_stops_on_sigint(
+    models_and_bundle: tuple[Path, Path, Path],
+) -> None:
+    model_dir, _, bundle = models_and_bundle
+    port = free_port()
+    env = {**os.environ, "BABELGATE_API_KEY": "cli-key", "BABELGATE_THREADS": "1"}
+    args = [
+        "serve",
+        str(bundle),
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--served-model-name",
+        "tiny",
+    ]
+    proc = subprocess.Popen(
+        [*CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.25)
+        auth = {"Authorization": "Bearer cli-key"}
+        body = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "Habari ya leo?"}],
+            "max_tokens": 4,
+        }
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 401
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, headers=auth, timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.json()["babelgate"]["language"] == "sw"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "serving 'tiny'" in stderr
