@@ -51,8 +51,10 @@ def main() -> None:
             fn()
             timings[name].append(time.perf_counter() - start)
     best = {name: min(values) for name, values in timings.items()}
-    print(f"model={args.model} prompts={len(texts)} tokens={n_tokens} batch={args.batch} "
-          f"layer={layer}/{handle.n_layers} dtype={handle.dtype} threads={torch.get_num_threads()}")
+    print(
+        f"model={args.model} prompts={len(texts)} tokens={n_tokens} batch={args.batch} "
+        f"layer={layer}/{handle.n_layers} dtype={handle.dtype} threads={torch.get_num_threads()}"
+    )
     for name in ("plain", "capture"):
         print(f"{name:8s} {n_tokens / best[name]:10.1f} tokens/s  ({best[name]:.2f} s)")
     print(f"ratio capture/plain = {best['plain'] / best['capture']:.2f}x")

@@ -17,13 +17,19 @@ from babelgate.models import load_model
 
 
 @torch.no_grad()
-def greedy(handle, prompts: list[str], new_tokens: int, batch: int) -> tuple[list[list[int]], float]:  # type: ignore[no-untyped-def]
+def greedy(
+    handle, prompts: list[str], new_tokens: int, batch: int
+) -> tuple[list[list[int]], float]:  # type: ignore[no-untyped-def]
     outputs: list[list[int]] = []
     start = time.perf_counter()
     for i in range(0, len(prompts), batch):
         enc = handle.tokenize(handle.format(prompts[i : i + batch]))
-        out = handle.model.generate(**enc, max_new_tokens=new_tokens, do_sample=False,
-                                    pad_token_id=handle.tokenizer.pad_token_id)
+        out = handle.model.generate(
+            **enc,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=handle.tokenizer.pad_token_id,
+        )
         outputs.extend(out[:, enc["input_ids"].shape[1] :].tolist())
     return outputs, time.perf_counter() - start
 
@@ -35,7 +41,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
-    prompts = load_prompts("builtin").filter(language=["en", "sw", "zh", "am"], split="test").texts()
+    prompts = (
+        load_prompts("builtin").filter(language=["en", "sw", "zh", "am"], split="test").texts()
+    )
     prompts = prompts[:: max(1, len(prompts) // args.n)][: args.n]
 
     results = {}
@@ -47,9 +55,16 @@ def main() -> None:
         capture_s = time.perf_counter() - start
         tokens, gen_s = greedy(handle, prompts, args.new_tokens, args.batch)
         n_generated = sum(len(t) for t in tokens)
-        results[dtype] = {"acts": acts, "tokens": tokens, "capture_s": capture_s, "gen_tps": n_generated / gen_s}
-        print(f"{dtype:9s} capture {len(prompts) / capture_s:6.2f} prompts/s   "
-              f"generation {n_generated / gen_s:6.1f} tokens/s")
+        results[dtype] = {
+            "acts": acts,
+            "tokens": tokens,
+            "capture_s": capture_s,
+            "gen_tps": n_generated / gen_s,
+        }
+        print(
+            f"{dtype:9s} capture {len(prompts) / capture_s:6.2f} prompts/s   "
+            f"generation {n_generated / gen_s:6.1f} tokens/s"
+        )
         del handle
 
     f32, b16 = results["float32"], results["bfloat16"]
@@ -57,13 +72,21 @@ def main() -> None:
         a, b = f32["acts"][:, i], b16["acts"][:, i]
         rel = ((a - b).norm(dim=-1) / a.norm(dim=-1)).mean().item()
         cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item()
-        print(f"activations ({layer_name} layer): mean relative L2 error {rel:.4f}, min cosine {cos:.4f}")
+        print(
+            f"activations ({layer_name} layer): mean relative L2 error {rel:.4f}, min cosine {cos:.4f}"
+        )
     same = sum(x == y for x, y in zip(f32["tokens"], b16["tokens"], strict=True))
-    prefix = [next((k for k, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y)))
-              for x, y in zip(f32["tokens"], b16["tokens"], strict=True)]
-    print(f"greedy outputs identical: {same}/{len(prompts)}; mean shared prefix {sum(prefix) / len(prefix):.1f} tokens")
-    print(f"speed ratio bf16/fp32: capture {f32['capture_s'] / b16['capture_s']:.2f}x, "
-          f"generation {b16['gen_tps'] / f32['gen_tps']:.2f}x")
+    prefix = [
+        next((k for k, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y)))
+        for x, y in zip(f32["tokens"], b16["tokens"], strict=True)
+    ]
+    print(
+        f"greedy outputs identical: {same}/{len(prompts)}; mean shared prefix {sum(prefix) / len(prefix):.1f} tokens"
+    )
+    print(
+        f"speed ratio bf16/fp32: capture {f32['capture_s'] / b16['capture_s']:.2f}x, "
+        f"generation {b16['gen_tps'] / f32['gen_tps']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

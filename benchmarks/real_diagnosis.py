@@ -45,8 +45,12 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--data", default="builtin")
     parser.add_argument("--languages", default="", help="comma-separated subset (default: all)")
-    parser.add_argument("--layers", default="", help="comma-separated (default: every 2nd, 1/6 to 5/6 depth)")
-    parser.add_argument("--per-class", type=int, default=0, help="max train rows per class and language")
+    parser.add_argument(
+        "--layers", default="", help="comma-separated (default: every 2nd, 1/6 to 5/6 depth)"
+    )
+    parser.add_argument(
+        "--per-class", type=int, default=0, help="max train rows per class and language"
+    )
     parser.add_argument("--test-per-class", type=int, default=0)
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--batch", type=int, default=16)
@@ -62,8 +66,11 @@ def main() -> None:
         prompts = subsample(prompts, args.per_class, args.test_per_class, args.seed)
     handle = load_model(args.model, progress=False)
     n = handle.n_layers
-    layers = ([int(x) for x in args.layers.split(",")] if args.layers
-              else list(range(max(1, n // 6), n - n // 6 + 1, 2)))
+    layers = (
+        [int(x) for x in args.layers.split(",")]
+        if args.layers
+        else list(range(max(1, n // 6), n - n // 6 + 1, 2))
+    )
     tiers = {lang: registry.tier_of(lang) for lang in prompts.languages()}
     sources = [lang for lang, tier in tiers.items() if tier == "high"]
     print(f"{len(prompts)} prompts, {len(tiers)} languages, sources={sources}, layers={layers}")
@@ -73,15 +80,31 @@ def main() -> None:
     capture_s = time.perf_counter() - start
     start = time.perf_counter()
     result = diagnose(
-        acts, torch.tensor(prompts.labels()), [p.language for p in prompts], [p.split for p in prompts],
-        sources, layers=layers, tiers=tiers, budgets=(0, 1, 2, 4, 8), n_draws=args.draws,
-        num_layers=n, seed=args.seed,
+        acts,
+        torch.tensor(prompts.labels()),
+        [p.language for p in prompts],
+        [p.split for p in prompts],
+        sources,
+        layers=layers,
+        tiers=tiers,
+        budgets=(0, 1, 2, 4, 8),
+        n_draws=args.draws,
+        num_layers=n,
+        seed=args.seed,
     )
     diagnose_s = time.perf_counter() - start
     out = Path(args.out)
-    result.config.update({"model": args.model, "fingerprint": handle.fingerprint, "data": args.data,
-                          "data_digest": prompts.digest(), "n_prompts": len(prompts),
-                          "capture_seconds": round(capture_s, 1), "diagnose_seconds": round(diagnose_s, 1)})
+    result.config.update(
+        {
+            "model": args.model,
+            "fingerprint": handle.fingerprint,
+            "data": args.data,
+            "data_digest": prompts.digest(),
+            "n_prompts": len(prompts),
+            "capture_seconds": round(capture_s, 1),
+            "diagnose_seconds": round(diagnose_s, 1),
+        }
+    )
     result.save(out)
 
     layer = result.budget_layer
@@ -97,14 +120,21 @@ def main() -> None:
                 cells.append("–")
             else:
                 sd = row.get("balanced_accuracy_sd") or 0.0
-                cells.append(f"{row['balanced_accuracy_mean']:.2f}±{sd:.2f}" if b else
-                             f"{row['balanced_accuracy_mean']:.2f}")
+                cells.append(
+                    f"{row['balanced_accuracy_mean']:.2f}±{sd:.2f}"
+                    if b
+                    else f"{row['balanced_accuracy_mean']:.2f}"
+                )
         auc_v = result.auc_projection[lang].get(layer)
         auc_g = result.auc_gate[lang].get(layer)
         fmt = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
-        print(f"| {lang} | {tiers[lang]} | {fmt(auc_v)} | {fmt(auc_g)} | " + " | ".join(cells) + " |")
-    (out / "table.json").write_text(json.dumps({"budget_layer": layer, "rows": result.budget_curves},
-                                               indent=1), encoding="utf-8")
+        print(
+            f"| {lang} | {tiers[lang]} | {fmt(auc_v)} | {fmt(auc_g)} | " + " | ".join(cells) + " |"
+        )
+    (out / "table.json").write_text(
+        json.dumps({"budget_layer": layer, "rows": result.budget_curves}, indent=1),
+        encoding="utf-8",
+    )
 
 
 if __name__ == "__main__":

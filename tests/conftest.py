@@ -36,7 +36,9 @@ USER_CACHE = os.environ.get("BABELGATE_CACHE") or str(Path.home() / ".cache" / "
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if request.node.get_closest_marker("slow") is not None:
         monkeypatch.setenv("BABELGATE_CACHE", USER_CACHE)

@@ -44,7 +44,9 @@ def test_left_padding_does_not_change_rows(arch: str) -> None:
 
 def test_mean_position_excludes_padding() -> None:
     handle = tiny_model("qwen2")
-    together = capture(handle, PROMPTS, layers=[1], position="mean", cache=False, progress=False, batch_size=5)
+    together = capture(
+        handle, PROMPTS, layers=[1], position="mean", cache=False, progress=False, batch_size=5
+    )
     alone = capture(handle, [PROMPTS[2]], layers=[1], position="mean", cache=False, progress=False)
     torch.testing.assert_close(together[2], alone[0], rtol=1e-4, atol=1e-4)
     batch = handle.tokenize(handle.format([PROMPTS[2]]))
@@ -100,7 +102,9 @@ def test_cache_hit_returns_identical_tensor(tmp_path, monkeypatch: pytest.Monkey
     assert torch.equal(first, second)
 
 
-def test_interrupted_capture_resumes_with_identical_results(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_interrupted_capture_resumes_with_identical_results(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     handle = tiny_model("llama")
     reference = capture(handle, PROMPTS, layers=[0, 2], cache=False, progress=False, batch_size=2)
     real = capture_mod.forward_batch
@@ -118,7 +122,11 @@ def test_interrupted_capture_resumes_with_identical_results(tmp_path, monkeypatc
     shards = list(tmp_path.rglob("batch_*.safetensors"))
     assert len(shards) == 2
     calls["n"] = 0
-    monkeypatch.setattr(capture_mod, "forward_batch", lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1])
+    monkeypatch.setattr(
+        capture_mod,
+        "forward_batch",
+        lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1],
+    )
     resumed = capture(handle, PROMPTS, layers=[0, 2], cache=tmp_path, progress=False, batch_size=2)
     assert calls["n"] == 1  # only the unfinished batch ran
     assert torch.equal(resumed, reference)

@@ -12,8 +12,15 @@ from babelgate.models import load_model, wrap_model
 from babelgate.testing import tiny_model
 
 
-@pytest.mark.parametrize(("arch", "path"), [("llama", "model.layers"), ("qwen2", "model.layers"),
-                                            ("gemma", "model.layers"), ("gpt2", "transformer.h")])
+@pytest.mark.parametrize(
+    ("arch", "path"),
+    [
+        ("llama", "model.layers"),
+        ("qwen2", "model.layers"),
+        ("gemma", "model.layers"),
+        ("gpt2", "transformer.h"),
+    ],
+)
 def test_layer_discovery(arch: str, path: str) -> None:
     handle = tiny_model(arch)
     assert handle.blocks_path == path
@@ -33,7 +40,7 @@ def test_layer_override_and_unsupported_architecture() -> None:
         find_decoder_blocks(odd)
     path, blocks = find_decoder_blocks(odd, "trunk.stack")
     assert path == "trunk.stack" and len(blocks) == 2
-    with pytest.raises(UnsupportedArchitectureError, match="trunk.missing"):
+    with pytest.raises(UnsupportedArchitectureError, match=r"trunk\.missing"):
         find_decoder_blocks(odd, "trunk.missing")
 
 
@@ -68,7 +75,7 @@ def test_load_errors_are_clear(tmp_path) -> None:  # type: ignore[no-untyped-def
         load_model("no-such-model-alias", progress=False)
     with pytest.raises(ModelLoadError, match="GGUF file not found"):
         load_model(str(tmp_path / "missing.gguf"), progress=False)
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_model(str(tmp_path), progress=False)
     with pytest.raises(ModelLoadError, match="dtype"):
         load_model(str(tmp_path), dtype="float8", progress=False)

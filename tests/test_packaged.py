@@ -12,8 +12,12 @@ from babelgate.errors import ModelLoadError
 from babelgate.packaged import PackagedModel, cached_copy_is_valid, get_packaged, part_files
 
 FAKE = PackagedModel(
-    alias="fake", model_name="fake", extra="fake", part_packages=("babelgate-no-such-part1",),
-    sha256="0" * 64, approx_load_gb=0.0,
+    alias="fake",
+    model_name="fake",
+    extra="fake",
+    part_packages=("babelgate-no-such-part1",),
+    sha256="0" * 64,
+    approx_load_gb=0.0,
 )
 
 
@@ -32,8 +36,12 @@ def test_cache_validation_detects_partial_and_corrupted_copies(tmp_path) -> None
     manifest = {
         "manifest_version": packaged.MANIFEST_VERSION,
         "source_sha256": spec.sha256,
-        "files": {"model.safetensors": {"sha256": packaged.sha256_file(weights),
-                                        "stamp": packaged._stamp(weights)}},
+        "files": {
+            "model.safetensors": {
+                "sha256": packaged.sha256_file(weights),
+                "stamp": packaged._stamp(weights),
+            }
+        },
     }
     (tmp_path / packaged.MANIFEST).write_text(json.dumps(manifest))
     assert cached_copy_is_valid(spec, tmp_path)
@@ -63,8 +71,12 @@ def test_packaged_default_model_loads_verifies_and_answers() -> None:
     # The contract from the issue: a cached reload takes seconds, not the ~50 s conversion.
     assert reload_seconds < 5.0, reload_seconds
     assert handle.n_layers == 24 and handle.hidden_size == 896
-    (answer,) = generate_texts(handle, ["What is the capital of France? Answer in one word."],
-                               max_new_tokens=12, progress=False)
+    (answer,) = generate_texts(
+        handle,
+        ["What is the capital of France? Answer in one word."],
+        max_new_tokens=12,
+        progress=False,
+    )
     assert "paris" in answer.lower()
 
 
@@ -72,7 +84,9 @@ def test_packaged_default_model_loads_verifies_and_answers() -> None:
 def test_packaged_checksum_is_verified(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("BABELGATE_CACHE", str(tmp_path))
     real = get_packaged("qwen2.5-coder-0.5b")
-    wrong = PackagedModel(real.alias, real.model_name, real.extra, real.part_packages, "f" * 64, 0.0)
+    wrong = PackagedModel(
+        real.alias, real.model_name, real.extra, real.part_packages, "f" * 64, 0.0
+    )
     with pytest.raises(ModelLoadError, match="checksum mismatch"):
         packaged.ensure_cached(wrong, progress=False)
     assert not (tmp_path / "models" / real.alias).exists()  # nothing half-written

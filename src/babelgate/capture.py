@@ -3,6 +3,7 @@ prompt tokens, batched, with an on-disk safetensors cache that resumes interrupt
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -91,7 +92,9 @@ def resolve_layers(handle: ModelHandle, layers: int | Sequence[int] | str) -> li
     for layer in wanted:
         index = layer + handle.n_layers if layer < 0 else layer
         if not 0 <= index < handle.n_layers:
-            raise BabelgateError(f"layer {layer} out of range for a model with {handle.n_layers} blocks")
+            raise BabelgateError(
+                f"layer {layer} out of range for a model with {handle.n_layers} blocks"
+            )
         out.append(index)
     if not out:
         raise BabelgateError("no layers requested")
@@ -104,12 +107,14 @@ def forward_batch(
 ) -> torch.Tensor:
     """Activations [batch, len(layers), d] (float32, CPU) of one batch of formatted texts."""
     batch = handle.tokenize(formatted)
-    state = _CaptureState(position=position, attention_mask=batch["attention_mask"], stop_after=max(layers))
-    with capture_hooks(handle.blocks, sorted(set(layers)), state):
-        try:
-            handle.model(**batch, use_cache=False)
-        except _StopForward:
-            pass
+    state = _CaptureState(
+        position=position, attention_mask=batch["attention_mask"], stop_after=max(layers)
+    )
+    with (
+        capture_hooks(handle.blocks, sorted(set(layers)), state),
+        contextlib.suppress(_StopForward),
+    ):
+        handle.model(**batch, use_cache=False)
     missing = [layer for layer in layers if layer not in state.rows]
     if missing:
         raise BabelgateError(f"blocks {missing} were not executed by the forward pass")
@@ -119,16 +124,31 @@ def forward_batch(
     return acts
 
 
-def _cache_key(handle: ModelHandle, formatted: Sequence[str], layers: Sequence[int], position: str,
-               batch_size: int) -> str:
+def _cache_key(
+    handle: ModelHandle,
+    formatted: Sequence[str],
+    layers: Sequence[int],
+    position: str,
+    batch_size: int,
+) -> str:
     prompts_digest = sha256_text(*formatted)
-    return sha256_text(handle.fingerprint, str(handle.dtype), prompts_digest, ",".join(map(str, layers)),
-                       position, str(batch_size), __version__, str(CAPTURE_FORMAT))[:40]
+    return sha256_text(
+        handle.fingerprint,
+        str(handle.dtype),
+        prompts_digest,
+        ",".join(map(str, layers)),
+        position,
+        str(batch_size),
+        __version__,
+        str(CAPTURE_FORMAT),
+    )[:40]
 
 
 def _batch_order(handle: ModelHandle, formatted: Sequence[str], batch_size: int) -> list[list[int]]:
     """Batches of row indices grouped by token length (less padding); deterministic."""
-    lengths = [len(ids) for ids in handle.tokenizer(list(formatted), add_special_tokens=False)["input_ids"]]
+    lengths = [
+        len(ids) for ids in handle.tokenizer(list(formatted), add_special_tokens=False)["input_ids"]
+    ]
     order = sorted(range(len(formatted)), key=lambda i: (-lengths[i], i))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
@@ -185,10 +205,20 @@ def capture(
     if cache_dir is not None:
         with atomic_path(cache_dir / "activations.safetensors") as tmp:
             save_file({"activations": out.contiguous()}, str(tmp))
-        (cache_dir / "meta.json").write_text(json.dumps({
-            "fingerprint": handle.fingerprint, "layers": layer_list, "position": position,
-            "n_prompts": len(texts), "batch_size": batch_size, "version": __version__,
-        }, indent=2), encoding="utf-8")
+        (cache_dir / "meta.json").write_text(
+            json.dumps(
+                {
+                    "fingerprint": handle.fingerprint,
+                    "layers": layer_list,
+                    "position": position,
+                    "n_prompts": len(texts),
+                    "batch_size": batch_size,
+                    "version": __version__,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
         for shard_file in cache_dir.glob("batch_*.safetensors"):
             shard_file.unlink()
     return out

@@ -48,7 +48,9 @@ def weights_digest(model: torch.nn.Module, sample: int = 256) -> str:
     return digest.hexdigest()
 
 
-def model_fingerprint(model: torch.nn.Module, tokenizer: Any, weights_sha: str | None = None) -> str:
+def model_fingerprint(
+    model: torch.nn.Module, tokenizer: Any, weights_sha: str | None = None
+) -> str:
     """`weights_sha` (the packaged file's sha256) replaces the sampled weights digest when known."""
     parts = [
         config_digest(model.config),  # type: ignore[attr-defined]

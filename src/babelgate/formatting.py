@@ -53,9 +53,7 @@ def tokenize_formatted(
     tokenizer: Any, formatted: Sequence[str], device: torch.device | str | None = None
 ) -> dict[str, torch.Tensor]:
     """Left-padded `input_ids`/`attention_mask` [batch, seq] for already formatted texts."""
-    batch = tokenizer(
-        list(formatted), return_tensors="pt", padding=True, add_special_tokens=False
-    )
+    batch = tokenizer(list(formatted), return_tensors="pt", padding=True, add_special_tokens=False)
     out = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if device is not None:
         out = {k: v.to(device) for k, v in out.items()}

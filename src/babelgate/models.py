@@ -41,8 +41,8 @@ class ModelHandle:
 
     @property
     def hidden_size(self) -> int:
-        config = self.model.config  # type: ignore[attr-defined]
-        text = getattr(config, "text_config", None) or config
+        config: Any = self.model.config
+        text: Any = getattr(config, "text_config", None) or config
         return int(getattr(text, "hidden_size", None) or text.n_embd)
 
     @property
@@ -71,7 +71,9 @@ class ModelHandle:
             "blocks_path": self.blocks_path,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
-            "system_prompt": self.system_prompt if self.system_prompt is not None else "<template default>",
+            "system_prompt": self.system_prompt
+            if self.system_prompt is not None
+            else "<template default>",
             **{f"source_{k}": v for k, v in self.source.items()},
         }
 
@@ -118,8 +120,14 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         return dtype
     if dtype is None or dtype == "auto":
         return DEFAULT_CPU_DTYPE if device == "cpu" else torch.bfloat16
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise ModelLoadError(f"unknown dtype '{dtype}'; use one of {', '.join(table)}")
     return table[dtype]
@@ -164,7 +172,9 @@ def load_model(
             kwargs["gguf_file"] = local.name
         elif local.is_dir():
             if not (local / "config.json").is_file():
-                raise ModelLoadError(f"{local} is not a Hugging Face model directory (no config.json)")
+                raise ModelLoadError(
+                    f"{local} is not a Hugging Face model directory (no config.json)"
+                )
             path, kind = str(local), "hf_dir"
         elif spec_str.count("/") == 1 and not spec_str.startswith((".", "/", "~")):
             path, kind = spec_str, "hub"
@@ -186,7 +196,7 @@ def load_model(
         raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc
     except ValueError as exc:
         raise ModelLoadError(f"cannot load model '{spec_str}': {exc}") from exc
-    model = model.to(device=device, dtype=torch_dtype)
+    model = model.to(device=device, dtype=torch_dtype)  # type: ignore[call-arg]
     return wrap_model(
         model,
         tokenizer,

@@ -77,7 +77,9 @@ def part_files(spec: PackagedModel) -> list[Path]:
         except metadata.PackageNotFoundError:
             missing.append(package)
             continue
-        bins = [Path(str(dist.locate_file(f))) for f in (dist.files or []) if f.name.endswith(".bin")]
+        bins = [
+            Path(str(dist.locate_file(f))) for f in (dist.files or []) if f.name.endswith(".bin")
+        ]
         if not bins:
             missing.append(package)
         for path in bins:
@@ -124,7 +126,10 @@ def cached_copy_is_valid(spec: PackagedModel, directory: Path | None = None) -> 
         return False
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("manifest_version") != MANIFEST_VERSION or manifest.get("source_sha256") != spec.sha256:
+        if (
+            manifest.get("manifest_version") != MANIFEST_VERSION
+            or manifest.get("source_sha256") != spec.sha256
+        ):
             return False
         for name, info in manifest["files"].items():
             path = directory / name

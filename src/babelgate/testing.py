@@ -32,8 +32,13 @@ def tiny_tokenizer(vocab_size: int = 400) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(_CORPUS * 4, vocab_size=vocab_size, min_frequency=1, special_tokens=_SPECIAL,
-                            show_progress=False)
+    bpe.train_from_iterator(
+        _CORPUS * 4,
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=_SPECIAL,
+        show_progress=False,
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         eos_token="<|im_end|>",
@@ -64,12 +69,22 @@ def tiny_config(arch: str, vocab_size: int, n_layers: int = 4, hidden: int = 64)
     if arch == "gemma":
         return GemmaConfig(**common, head_dim=hidden // 4)
     if arch == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=n_layers, n_head=4,
-                          n_positions=512, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=hidden,
+            n_layer=n_layers,
+            n_head=4,
+            n_positions=512,
+            tie_word_embeddings=False,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
     raise ValueError(f"unknown tiny architecture '{arch}'")
 
 
-def tiny_model(arch: str = "qwen2", *, n_layers: int = 4, hidden: int = 64, seed: int = 0) -> ModelHandle:
+def tiny_model(
+    arch: str = "qwen2", *, n_layers: int = 4, hidden: int = 64, seed: int = 0
+) -> ModelHandle:
     """A randomly initialised causal LM of the given family (llama, qwen2, gemma, gpt2)."""
     from transformers import AutoModelForCausalLM
 

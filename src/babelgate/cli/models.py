@@ -23,12 +23,23 @@ def _gb(n_bytes: int) -> str:
 def models() -> None:
     """List the packaged models: installed (parts present), cached (converted copy), sizes."""
     table = Table(title="packaged models")
-    for column in ("alias", "model", "installed", "parts size", "cached", "cache size", "load RAM", "install"):
+    for column in (
+        "alias",
+        "model",
+        "installed",
+        "parts size",
+        "cached",
+        "cache size",
+        "load RAM",
+        "install",
+    ):
         table.add_column(column)
     for alias, spec in PACKAGED_MODELS.items():
         directory = cache_dir(spec)
         cached = cached_copy_is_valid(spec)
-        cache_bytes = sum(p.stat().st_size for p in directory.iterdir() if p.is_file()) if cached else 0
+        cache_bytes = (
+            sum(p.stat().st_size for p in directory.iterdir() if p.is_file()) if cached else 0
+        )
         table.add_row(
             alias + (" (default)" if alias == DEFAULT_MODEL else ""),
             spec.model_name,
