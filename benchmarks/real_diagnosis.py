@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget-layer", type=int, default=None, help="default: choose_layer")
+    parser.add_argument("--rank", type=int, default=10)
     parser.add_argument("--out", default="runs/diagnosis")
     args = parser.parse_args()
 
@@ -91,6 +93,8 @@ def main() -> None:
         n_draws=args.draws,
         num_layers=n,
         seed=args.seed,
+        budget_layer=args.budget_layer,
+        rank=min(args.rank, len(sources)),
     )
     diagnose_s = time.perf_counter() - start
     out = Path(args.out)
