@@ -327,7 +327,7 @@ def test_packaged_qwen_matches_transformers_guard(tmp_path: Path) -> None:
     directory = Path(cache_root()) / "models" / "qwen2.5-coder-0.5b"
     if not (directory / "config.json").exists():
         pytest.skip("the packaged qwen2.5-coder-0.5b has no converted copy in the cache")
-    handle = load_model("qwen2.5-coder-0.5b", progress=False)
+    handle = load_model("qwen2.5-coder-0.5b", dtype="float32", progress=False)
     train = [p for p in load_prompts("builtin") if p.split == "train"]
     rows = [
         p

@@ -18,8 +18,10 @@ from babelgate.formatting import Message, format_chat, prepare_tokenizer, tokeni
 from babelgate.layers import find_decoder_blocks
 from babelgate.packaged import DEFAULT_MODEL, PACKAGED_MODELS, ensure_cached
 
-# Chosen from benchmarks/dtype_choice.py (see README "Speed on CPU").
-DEFAULT_CPU_DTYPE = torch.float32
+# Chosen from benchmarks/dtype_choice.py on the 0.5B model (2-core avx512_bf16 CPU): bfloat16
+# captured 1.99x and generated 2.20x faster than float32, activations moved 1 % (relative L2,
+# min cosine 0.9999) and 16/16 greedy outputs were identical. Pass dtype="float32" to opt out.
+DEFAULT_CPU_DTYPE = torch.bfloat16
 
 
 @dataclass
@@ -145,8 +147,8 @@ def load_model(
     """Load a chat model.
 
     `spec` is a packaged alias (`qwen2.5-coder-0.5b`, `qwen2.5-coder-1.5b`), a local Hugging Face
-    directory, a local `.gguf` file, or a hub id (needs network). `dtype` defaults to the measured
-    CPU default (float32) and bfloat16 on accelerators.
+    directory, a local `.gguf` file, or a hub id (needs network). `dtype` defaults to bfloat16
+    (measured fastest on CPU with unchanged greedy outputs; see DEFAULT_CPU_DTYPE).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
