@@ -86,3 +86,35 @@ def test_split_masks_and_errors() -> None:
         choose_layer(acts, labels, langs, splits, SOURCES, layers=[0, 1, 2])
     with pytest.raises(DataError, match="3 dimensions"):
         choose_layer(acts[:, 0], labels, langs, splits, SOURCES)
+
+
+def test_transfer_languages_steer_the_choice_away_from_a_non_transferring_layer() -> None:
+    # Layer 0: sources perfectly separable, but the target's harm signal lives on another axis.
+    # Layer 1: sources a little less separable, the target shares their direction.
+    gen = torch.Generator().manual_seed(0)
+    d, per = 16, 40
+    acts, labels, langs, splits = [], [], [], []
+    for lang in ("en", "de", "fr", "sw"):
+        for split in ("train", "test"):
+            for label in (0, 1):
+                x = torch.randn(per, 2, d, generator=gen)
+                if lang == "sw":
+                    x[:, 0, 1] += 3.0 * label  # layer 0: orthogonal to the source direction
+                    x[:, 1, 0] += 2.0 * label
+                else:
+                    x[:, 0, 0] += 6.0 * label
+                    x[:, 1, 0] += 2.0 * label
+                acts.append(x)
+                labels += [label] * per
+                langs += [lang] * per
+                splits += [split] * per
+    x3 = torch.cat(acts)
+    y = torch.tensor(labels)
+    plain = choose_layer(x3, y, langs, splits, ["en", "de", "fr"], [4, 5], num_layers=10)
+    assert plain.layer == 4
+    aware = choose_layer(
+        x3, y, langs, splits, ["en", "de", "fr"], [4, 5], num_layers=10, transfer_languages=["sw"]
+    )
+    assert aware.layer == 5
+    assert aware.details[4]["transfer_auc"]["sw"] < 0.7 < aware.details[5]["transfer_auc"]["sw"]
+    assert "train rows of ['sw']" in aware.criterion

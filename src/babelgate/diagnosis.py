@@ -198,7 +198,15 @@ def diagnose(
 
     if budget_layer is None:
         budget_layer = choose_layer(
-            x3, y, codes, {"train": train, "test": test}, sources, ids, num_layers=num_layers
+            x3,
+            y,
+            codes,
+            {"train": train, "test": test},
+            sources,
+            ids,
+            num_layers=num_layers,
+            transfer_languages=[lang for lang in langs if lang not in source_set],
+            rank=rank,
         ).layer
     if budget_layer not in ids:
         raise DataError(f"budget_layer {budget_layer} is not among the captured layers {ids}")

@@ -353,7 +353,15 @@ def run_pipeline(
             layer, choice = options.layer, None
         else:
             choice = choose_layer(
-                acts, labels, codes, splits, sources, layers, num_layers=handle.n_layers
+                acts,
+                labels,
+                codes,
+                splits,
+                sources,
+                layers,
+                num_layers=handle.n_layers,
+                transfer_languages=targets,
+                rank=options.rank,
             )
             layer = choice.layer
         write_json_atomic(
