@@ -358,3 +358,25 @@ def test_cli_generate_writes_decisions_and_checks_the_fingerprint(
         main(["generate", str(bundle), "--model", str(other_dir), "-p", "hi", "--no-progress"])
     assert exc.value.code == 2
     assert "fingerprint" in capsys.readouterr().err
+    # Without --model the model recorded in the bundle is loaded.
+    import dataclasses
+
+    recorded = dataclasses.replace(fitted_gate, model_spec=str(model_dir))
+    named = recorded.save(tmp_path / "named")
+    out2 = tmp_path / "out2.jsonl"
+    main(
+        [
+            "generate",
+            str(named),
+            "-p",
+            "hi",
+            "--lang",
+            "en",
+            "--max-new-tokens",
+            "2",
+            "--no-progress",
+            "--out",
+            str(out2),
+        ]
+    )
+    assert len(out2.read_text(encoding="utf-8").splitlines()) == 2

@@ -74,9 +74,14 @@ def generate(
         str, typer.Option("--lang", help="language code of every prompt, or 'auto' to identify")
     ] = "auto",
     model: Annotated[
-        str,
-        typer.Option("--model", "-m", help="model spec (packaged alias, directory, .gguf, hub id)"),
-    ] = "qwen2.5-coder-0.5b",
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="model spec (packaged alias, directory, .gguf, hub id); "
+            "default: the model recorded in the bundle",
+        ),
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     alpha: Annotated[
@@ -98,12 +103,16 @@ def generate(
     from babelgate.guard import Guard
     from babelgate.io import write_jsonl_atomic
     from babelgate.models import load_model
+    from babelgate.packaged import DEFAULT_MODEL
 
     texts, file_langs = _read_prompts(list(prompt or []), prompts)
     languages = _resolve_languages(texts, file_langs, lang)
     if alpha is not None and lam is not None:
         raise DataError("give either --alpha or --lambda, not both")
-    handle = load_model(model, dtype=dtype, progress=progress)
+    recorded = load_gate(bundle)  # verifies the bundle before the model is loaded
+    handle = load_model(
+        model or recorded.model_spec or DEFAULT_MODEL, dtype=dtype, progress=progress
+    )
     gate = load_gate(bundle, expected_fingerprint=handle.fingerprint)
     guard = Guard(handle, gate, alpha=alpha, lam=lam)
     records = guard.generate(
