@@ -51,10 +51,12 @@ class _Metric:
 
 
 @dataclass
-class Counter(_Metric):
+class _Scalar(_Metric):
+    """One float per label set: the shared state and exposition of counters and gauges."""
+
     values: dict[Labels, float] = field(default_factory=dict)
 
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
+    def _add(self, amount: float, labels: dict[str, str]) -> None:
         key = self._key(labels)
         with self.lock:
             self.values[key] = self.values.get(key, 0.0) + amount
@@ -70,26 +72,19 @@ class Counter(_Metric):
 
 
 @dataclass
-class Gauge(_Metric):
-    values: dict[Labels, float] = field(default_factory=dict)
+class Counter(_Scalar):
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        self._add(amount, labels)
 
+
+@dataclass
+class Gauge(_Scalar):
     def set(self, value: float, **labels: str) -> None:
         with self.lock:
             self.values[self._key(labels)] = value
 
     def add(self, amount: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self.lock:
-            self.values[key] = self.values.get(key, 0.0) + amount
-
-    def get(self, **labels: str) -> float:
-        with self.lock:
-            return self.values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        with self.lock:
-            items = sorted(self.values.items())
-        return [*self.header(), *(f"{self.name}{_fmt_labels(k)} {_fmt_value(v)}" for k, v in items)]
+        self._add(amount, labels)
 
 
 @dataclass
