@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from babelgate.cli.options import AlphaOption, DtypeOption, LambdaOption
 from babelgate.errors import DataError
 
 _TEXT_SUFFIXES = {".txt"}
@@ -84,15 +85,9 @@ def generate(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-    alpha: Annotated[
-        float | None, typer.Option("--alpha", help="steering strength (overrides the bundle's)")
-    ] = None,
-    lam: Annotated[
-        float | None, typer.Option("--lambda", help="alpha = lambda * alpha_base of the bundle")
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32, bfloat16, float16 (default: auto)")
-    ] = None,
+    alpha: AlphaOption = None,
+    lam: LambdaOption = None,
+    dtype: DtypeOption = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="write completions as JSONL")
     ] = None,

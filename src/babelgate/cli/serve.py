@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from babelgate.cli.options import AlphaOption, DtypeOption, LambdaOption
 from babelgate.errors import ArtifactError, DataError
 
 API_KEY_ENV = "BABELGATE_API_KEY"
@@ -92,15 +93,9 @@ def serve(
     no_batching: Annotated[
         bool, typer.Option("--no-batching", help="run every request alone")
     ] = False,
-    alpha: Annotated[
-        float | None, typer.Option("--alpha", help="steering strength (overrides the bundle's)")
-    ] = None,
-    lam: Annotated[
-        float | None, typer.Option("--lambda", help="alpha = lambda * alpha_base of the bundle")
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32, bfloat16, float16 (default: auto)")
-    ] = None,
+    alpha: AlphaOption = None,
+    lam: LambdaOption = None,
+    dtype: DtypeOption = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Serve POST /v1/chat/completions (guarded), POST /v1/moderations, GET /health, GET /metrics."""
