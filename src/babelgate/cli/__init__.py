@@ -64,10 +64,19 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
+    except Exception as exc:  # usage errors arrive here in non-standalone mode
+        if _is_usage_error(exc):
+            exc.show()  # type: ignore[attr-defined]
             sys.exit(2)
         raise
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Click's exceptions, from click itself or from the copy newer typer versions vendor
+    (a different class, so `isinstance(exc, click.ClickException)` misses it)."""
+    import click
+
+    if isinstance(exc, click.ClickException):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return "ClickException" in names and callable(getattr(exc, "show", None))

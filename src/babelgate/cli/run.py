@@ -43,6 +43,13 @@ def run(
     languages: Annotated[
         list[str] | None, typer.Option("--languages", "-l", help="language codes, comma-separated")
     ] = None,
+    eval_languages: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--eval-languages",
+            help="languages to generate and judge (default: all); the rest only fit/diagnose",
+        ),
+    ] = None,
     budget: Annotated[
         list[str] | None,
         typer.Option("--budget", "-b", help="examples per class per target language (repeatable)"),
@@ -89,6 +96,7 @@ def run(
         "model": model,
         "data": split_list(data) or ["builtin"],
         "languages": split_list(languages),
+        "eval_languages": split_list(eval_languages),
         "budgets": int_list(budget, "--budget"),
         "methods": split_list(methods),
         "layer": layer,

@@ -6,13 +6,17 @@ import ipaddress
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from babelgate.cli.options import AlphaOption, DtypeOption, LambdaOption
 from babelgate.errors import ArtifactError, DataError
+
+if TYPE_CHECKING:
+    from babelgate.gate import Gate
+    from babelgate.server.engine import ServingEngine
 
 API_KEY_ENV = "BABELGATE_API_KEY"
 # gate.json keys a bundle writer may use to record the model it was fitted on.
@@ -32,6 +36,66 @@ def bundle_model_spec(bundle: Path) -> str | None:
         if isinstance(value, dict) and isinstance(value.get("name"), str):
             return str(value["name"])
     return None
+
+
+BACKENDS = ("transformers", "vllm")
+
+
+def _check_fingerprint(bundle: Path, fitted: str, spec: str, actual: str) -> None:
+    if fitted != actual:
+        raise ArtifactError(
+            f"gate bundle {bundle} was fitted for model fingerprint {fitted!r}, but model "
+            f"'{spec}' has fingerprint {actual!r}; pass --model with the model the gate was "
+            "fitted on"
+        )
+
+
+def _vllm_engine(
+    bundle: Path,
+    gate: Gate,
+    spec: str,
+    served_model_name: str | None,
+    alpha: float | None,
+    lam: float | None,
+    dtype: str | None,
+    vllm_args: str | None,
+) -> ServingEngine:
+    """The vLLM back end: the model directory is checked against the bundle from its files
+    (no second copy of the weights is loaded), then vLLM loads it."""
+    from babelgate.fingerprint import directory_fingerprint
+    from babelgate.models import locate_model
+
+    try:
+        extra = json.loads(vllm_args) if vllm_args else {}
+    except ValueError as exc:
+        raise DataError(f"--vllm-args is not valid JSON: {exc}") from None
+    if not isinstance(extra, dict):
+        raise DataError("--vllm-args must be a JSON object")
+    try:
+        from babelgate.vllm_plugin.serving import VllmEngine
+    except ImportError as exc:
+        raise DataError(
+            f"--backend vllm needs vLLM in this environment ({exc}); see scripts/setup_vllm_env.sh"
+        ) from None
+    location = locate_model(spec)
+    if location.kind not in ("packaged", "hf_dir"):
+        raise DataError(
+            f"--backend vllm needs a packaged alias or a local model directory, not {spec!r}"
+        )
+    fingerprint = directory_fingerprint(location.path, location.weights_sha)
+    _check_fingerprint(bundle, gate.model_fingerprint, spec, fingerprint)
+    if dtype is not None:
+        extra.setdefault("dtype", dtype)
+    return VllmEngine(
+        location.path,
+        str(bundle),
+        gate,
+        name=served_model_name or spec,
+        fingerprint=fingerprint,
+        alpha=alpha,
+        lam=lam,
+        **extra,
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -96,6 +160,19 @@ def serve(
     alpha: AlphaOption = None,
     lam: LambdaOption = None,
     dtype: DtypeOption = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend", help="transformers (default) or vllm (needs the vLLM environment)"
+        ),
+    ] = "transformers",
+    vllm_args: Annotated[
+        str | None,
+        typer.Option(
+            "--vllm-args",
+            help="extra vllm.LLM arguments as a JSON object, e.g. '{\"max_model_len\": 4096}'",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Serve POST /v1/chat/completions (guarded), POST /v1/moderations, GET /health, GET /metrics."""
@@ -110,16 +187,19 @@ def serve(
         raise DataError("give either --alpha or --lambda, not both")
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     # Integrity first (tampered / truncated / wrong version), the model match after loading it.
+    if backend not in BACKENDS:
+        raise DataError(f"unknown --backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if vllm_args is not None and backend != "vllm":
+        raise DataError("--vllm-args needs --backend vllm")
     gate = load_gate(bundle)
     spec = model or bundle_model_spec(bundle) or DEFAULT_MODEL
-    handle = load_model(spec, dtype=dtype)
-    if gate.model_fingerprint != handle.fingerprint:
-        raise ArtifactError(
-            f"gate bundle {bundle} was fitted for model fingerprint {gate.model_fingerprint!r}, but "
-            f"model '{spec}' has fingerprint {handle.fingerprint!r}; pass --model with the model "
-            "the gate was fitted on"
-        )
-    engine = Engine(handle, gate, name=served_model_name or spec, alpha=alpha, lam=lam)
+    engine: ServingEngine
+    if backend == "vllm":
+        engine = _vllm_engine(bundle, gate, spec, served_model_name, alpha, lam, dtype, vllm_args)
+    else:
+        handle = load_model(spec, dtype=dtype)
+        _check_fingerprint(bundle, gate.model_fingerprint, spec, handle.fingerprint)
+        engine = Engine(handle, gate, name=served_model_name or spec, alpha=alpha, lam=lam)
     limits = ServerLimits(
         max_body_bytes=max_body_bytes,
         max_prompt_tokens=max_prompt_tokens,

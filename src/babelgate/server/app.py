@@ -36,11 +36,11 @@ from babelgate.server.batching import Batcher, ShuttingDown
 from babelgate.server.engine import (
     ChatJob,
     Delta,
-    Engine,
     Event,
     Failed,
     Finished,
     ModerationJob,
+    ServingEngine,
     Started,
     Verdict,
 )
@@ -88,7 +88,7 @@ class ServerConfig:
 class ServerState:
     """Everything the handlers share (one per app)."""
 
-    def __init__(self, engine: Engine, config: ServerConfig) -> None:
+    def __init__(self, engine: ServingEngine, config: ServerConfig) -> None:
         self.engine = engine
         self.config = config
         self.limits = config.limits
@@ -246,7 +246,7 @@ def _sse(payload: BaseModel | dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- app factory
-def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
+def create_app(engine: ServingEngine, config: ServerConfig | None = None) -> FastAPI:
     """The ASGI app serving `engine` with `config`; the worker starts with the app's lifespan."""
     config = config or ServerConfig()
     state = ServerState(engine, config)

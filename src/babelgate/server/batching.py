@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 
-from babelgate.server.engine import ChatJob, Engine, Failed, ModerationJob
+from babelgate.server.engine import ChatJob, Failed, ModerationJob, ServingEngine
 from babelgate.server.metrics import ServerMetrics
 
 log = logging.getLogger("babelgate.server")
@@ -31,7 +31,7 @@ class ShuttingDown(RuntimeError):
 class Batcher:
     def __init__(
         self,
-        engine: Engine,
+        engine: ServingEngine,
         metrics: ServerMetrics,
         *,
         max_batch: int = 8,

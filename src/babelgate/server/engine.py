@@ -11,7 +11,7 @@ import copy
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import StoppingCriteriaList
@@ -114,7 +114,51 @@ class ModerationJob:
     emit: Callable[[list[Verdict] | BaseException], None]
 
 
-class Engine:
+class ServingEngine(Protocol):
+    """What the HTTP app needs from a back end (`Engine` here, `VllmEngine` on vLLM)."""
+
+    name: str
+    gate: Gate
+    fingerprint: str
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+    def run_chat(self, jobs: Sequence[ChatJob], metrics: ServerMetrics | None = None) -> None: ...
+
+    def run_moderation(
+        self, jobs: Sequence[ModerationJob], metrics: ServerMetrics | None = None
+    ) -> None: ...
+
+
+class PromptEncoder:
+    """Chat templating and token counting on the event loop's own tokenizer copy (a fast
+    tokenizer's padding state is shared mutable state, so the worker thread and the event
+    loop must not share one). Shared by every serving back end."""
+
+    def __init__(self, tokenizer: Any, system_prompt: str | None) -> None:
+        self.request_tokenizer = prepare_tokenizer(copy.deepcopy(tokenizer))
+        self.system_prompt = system_prompt
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        """Chat-templated token ids of a conversation."""
+        text = format_chat(self.request_tokenizer, list(messages), self.system_prompt)
+        ids = self.request_tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [int(i) for i in ids]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of moderation inputs as they will be scored (one user turn each)."""
+        return [len(ids) for ids in self.moderation_ids(texts)]
+
+    def moderation_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text formatted as one user turn."""
+        formatted = [format_chat(self.request_tokenizer, t, self.system_prompt) for t in texts]
+        encoded = self.request_tokenizer(formatted, add_special_tokens=False)["input_ids"]
+        return [[int(i) for i in ids] for ids in encoded]
+
+
+class Engine(PromptEncoder):
     """A guarded model ready to serve. `name` is the model name clients must send."""
 
     def __init__(
@@ -132,9 +176,7 @@ class Engine:
         self.guard = Guard(handle, gate, alpha=alpha, lam=lam)
         self.name = name or handle.name
         self.moderation_batch_size = moderation_batch_size
-        # A private tokenizer copy for the event loop: a fast tokenizer's padding state is
-        # shared mutable state, so the worker thread and the event loop must not share one.
-        self.request_tokenizer = prepare_tokenizer(copy.deepcopy(handle.tokenizer))
+        super().__init__(handle.tokenizer, handle.system_prompt)
         eos: Any = getattr(handle.model, "generation_config", None)
         eos = getattr(eos, "eos_token_id", None)
         eos_list = eos if isinstance(eos, list | tuple) else [eos]
@@ -148,21 +190,6 @@ class Engine:
         # Held around every model call: several apps (each with its own worker) may share
         # one engine, and capture hooks must never see another call's forward.
         self.lock = threading.Lock()
-
-    # ----------------------------------------------------------------- event-loop side
-    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        """Chat-templated token ids of a conversation (uses the event loop's tokenizer)."""
-        text = format_chat(self.request_tokenizer, list(messages), self.handle.system_prompt)
-        ids = self.request_tokenizer(text, add_special_tokens=False)["input_ids"]
-        return [int(i) for i in ids]
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token counts of moderation inputs as they will be scored (one user turn each)."""
-        formatted = [
-            format_chat(self.request_tokenizer, t, self.handle.system_prompt) for t in texts
-        ]
-        encoded = self.request_tokenizer(formatted, add_special_tokens=False)["input_ids"]
-        return [len(ids) for ids in encoded]
 
     # ----------------------------------------------------------------- worker side
     def _decode(self, ids: list[int]) -> str:

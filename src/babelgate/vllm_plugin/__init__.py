@@ -11,7 +11,9 @@
 Importing this package does not import vLLM. `register()` is the `vllm.general_plugins`
 entry point (`babelgate = "babelgate.vllm_plugin:register"`): it checks the installed vLLM
 version and, when `BABELGATE_VLLM_BUNDLE` is set, loads that bundle on every worker right
-after the model is loaded (for `vllm serve`, which has no `collective_rpc` for the caller).
+after the model is loaded (for `vllm serve`, which has no `collective_rpc` for the caller),
+after checking that the bundle was fitted on that model (its fingerprint is computed from
+the model directory unless `BABELGATE_VLLM_FINGERPRINT` gives it, or is `skip`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from babelgate.vllm_plugin.routing import ENABLED_KEY, LANGUAGE_KEY, REQUEST_KEY
 BUNDLE_ENV = "BABELGATE_VLLM_BUNDLE"
 ALPHA_ENV = "BABELGATE_VLLM_ALPHA"
 FINGERPRINT_ENV = "BABELGATE_VLLM_FINGERPRINT"
+# Value of FINGERPRINT_ENV that skips the bundle/model check (unset: computed from the
+# model directory, see babelgate.fingerprint.directory_fingerprint).
+SKIP_FINGERPRINT = "skip"
 
 
 def register() -> None:
@@ -52,10 +57,15 @@ def register() -> None:
                 f"--worker-extension-cls {EXTENSION}"
             )
         alpha = os.environ.get(ALPHA_ENV)
+        expected = os.environ.get(FINGERPRINT_ENV) or None
+        if expected is None:
+            from babelgate.fingerprint import directory_fingerprint
+
+            expected = directory_fingerprint(self.vllm_config.model_config.model)
         loader(
             bundle,
             alpha=None if alpha is None else float(alpha),
-            expected_fingerprint=os.environ.get(FINGERPRINT_ENV) or None,
+            expected_fingerprint=None if expected == SKIP_FINGERPRINT else expected,
         )
 
     load_model._babelgate_wrapped = True  # type: ignore[attr-defined]

@@ -65,20 +65,21 @@ def check_runner(runner: Any) -> None:
         )
 
 
-def check_engine_settings(config: Any) -> None:
+def check_engine_settings(config: Any, *, salted_prefix_cache: bool = False) -> None:
     """Refuse engine settings under which per-request routing would be wrong.
 
     `config` is a vLLM `VllmConfig`: eager mode (hooks read Python-side runner state, which a
     compiled or graph-captured forward would freeze), no prefix caching (a cached prompt
-    prefix carries the KV of another request's routing), no speculative decoding (draft
+    prefix carries the KV of another request's routing; allowed with `salted_prefix_cache`,
+    where every request carries a routing salt), no speculative decoding (draft
     tokens would be edited before they are accepted) and no pipeline parallelism.
     """
     problems: list[str] = []
     model_config = config.model_config
     if not getattr(model_config, "enforce_eager", False):
         problems.append("enforce_eager must be True")
-    if getattr(config.cache_config, "enable_prefix_caching", False):
-        problems.append("enable_prefix_caching must be False")
+    if getattr(config.cache_config, "enable_prefix_caching", False) and not salted_prefix_cache:
+        problems.append("enable_prefix_caching must be False (or salted per request)")
     if getattr(config, "speculative_config", None) is not None:
         problems.append("speculative decoding is not supported")
     if getattr(config.parallel_config, "pipeline_parallel_size", 1) != 1:

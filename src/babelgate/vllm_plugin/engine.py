@@ -6,6 +6,7 @@ the workers route it and the key brings the frozen decision back (`collective_rp
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,22 +37,42 @@ class VllmCompletion:
     threshold_source: str | None
     language_fallback: bool
     route: dict[str, Any] = field(default_factory=dict)
+    finish_reason: str | None = None
 
 
-def engine_kwargs(**kwargs: Any) -> dict[str, Any]:
+def engine_kwargs(*, salted_prefix_cache: bool = False, **kwargs: Any) -> dict[str, Any]:
     """`vllm.LLM` keyword arguments with the guard's requirements enforced (a conflicting
-    value is an error, not silently overridden)."""
+    value is an error, not silently overridden). `salted_prefix_cache` turns prefix caching
+    on; the caller must then give every request a `routing_salt` (GuardedLLM does)."""
     if kwargs.get("speculative_config"):
         raise VllmCompatibilityError("speculative decoding is not supported by the babelgate guard")
-    for key, value in REQUIRED_ENGINE_ARGS.items():
+    required = {**REQUIRED_ENGINE_ARGS, "enable_prefix_caching": salted_prefix_cache}
+    for key, value in required.items():
         if key in kwargs and kwargs[key] != value:
+            hint = " (prefix caching needs salted_prefix_cache=True)" if key.endswith("ing") else ""
             raise VllmCompatibilityError(
-                f"the babelgate guard needs {key}={value}, got {kwargs[key]!r}"
+                f"the babelgate guard needs {key}={value}, got {kwargs[key]!r}{hint}"
             )
     ext = kwargs.get("worker_extension_cls", EXTENSION)
     if ext != EXTENSION:
         raise VllmCompatibilityError(f"worker_extension_cls must be {EXTENSION!r}, got {ext!r}")
-    return {**kwargs, **REQUIRED_ENGINE_ARGS, "worker_extension_cls": EXTENSION}
+    return {**kwargs, **required, "worker_extension_cls": EXTENSION}
+
+
+def routing_salt(
+    prompt_ids: Sequence[int], language: str | None, guarded: bool, bundle: str
+) -> str:
+    """A prefix-cache salt under which two requests share cached KV only when the guard must
+    route them identically: same prompt tokens, language, guarded flag and gate bundle.
+
+    The KV of prompt tokens above layer L depends on the decision (ablated for gate-negative
+    requests), and the decision depends on the whole prompt, so a shared *prefix* is not
+    enough; an identical request (a retry, a repeated system + user turn) still hits the cache.
+    """
+    digest = hashlib.sha256()
+    digest.update(f"{bundle}|{language}|{int(guarded)}|".encode())
+    digest.update(",".join(map(str, prompt_ids)).encode())
+    return digest.hexdigest()
 
 
 class GuardedLLM:
@@ -59,8 +80,10 @@ class GuardedLLM:
 
     `model`: a local Hugging Face directory vLLM can load; `engine_args`: passed to
     `vllm.LLM` (checked by `engine_kwargs`). `alpha`/`lam` as for the transformers guard;
-    `expected_fingerprint`: refuse a bundle fitted on another model (`babelgate.models`
-    computes it; None skips the check).
+    `expected_fingerprint`: refuse a bundle fitted on another model; by default it is
+    computed from the model directory's config, tokenizer and safetensors files
+    (`babelgate.fingerprint.directory_fingerprint`, no weights loaded); pass `""` to skip.
+    `salted_prefix_cache`: enable vLLM's prefix cache with a per-request `routing_salt`.
     """
 
     def __init__(
@@ -71,19 +94,34 @@ class GuardedLLM:
         alpha: float | None = None,
         lam: float | None = None,
         expected_fingerprint: str | None = None,
+        weights_sha: str | None = None,
+        salted_prefix_cache: bool = False,
         **engine_args: Any,
     ) -> None:
         import vllm
 
+        from babelgate.bundle import load_gate
+        from babelgate.fingerprint import directory_fingerprint
+
         check_vllm_version(vllm.__version__)
-        self.llm = vllm.LLM(model=model, **engine_kwargs(**engine_args))
+        if expected_fingerprint is None:
+            expected_fingerprint = directory_fingerprint(model, weights_sha)
+        # Checked before the engine starts: a mismatched bundle costs no engine start-up.
+        load_gate(bundle, expected_fingerprint=expected_fingerprint or None)
+        self.bundle = str(bundle)
+        self.fingerprint = expected_fingerprint or None
+        self.salted_prefix_cache = salted_prefix_cache
+        self.llm = vllm.LLM(
+            model=model, **engine_kwargs(salted_prefix_cache=salted_prefix_cache, **engine_args)
+        )
         self.info = self.llm.collective_rpc(
             "babelgate_load",
             kwargs={
-                "bundle": str(bundle),
+                "bundle": self.bundle,
                 "alpha": alpha,
                 "lam": lam,
-                "expected_fingerprint": expected_fingerprint,
+                "expected_fingerprint": self.fingerprint,
+                "salted_prefix_cache": salted_prefix_cache,
             },
         )[0]
 
@@ -98,7 +136,7 @@ class GuardedLLM:
     ) -> list[VllmCompletion]:
         """Generate for prompts given as token ids (format them with the model's chat template
         first, e.g. `ModelHandle.format` + tokenize without special tokens). Greedy, 128 new
-        tokens unless `sampling` (a `vllm.SamplingParams`) says otherwise."""
+        tokens unless `sampling` (a `vllm.SamplingParams`, or one per prompt) says otherwise."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -111,10 +149,14 @@ class GuardedLLM:
         flags = [guarded] * n if isinstance(guarded, bool) else list(guarded)
         if len(langs) != n or len(flags) != n:
             raise DataError(f"languages/guarded must have one entry per prompt ({n})")
-        base = sampling if sampling is not None else SamplingParams(temperature=0.0, max_tokens=128)
+        if sampling is None:
+            sampling = SamplingParams(temperature=0.0, max_tokens=128)
+        bases = list(sampling) if isinstance(sampling, list | tuple) else [sampling] * n
+        if len(bases) != n:
+            raise DataError(f"sampling must be one SamplingParams or one per prompt ({n})")
         keys = [uuid.uuid4().hex for _ in range(n)]
         params = []
-        for key, lang, flag in zip(keys, langs, flags, strict=True):
+        for key, lang, flag, base in zip(keys, langs, flags, bases, strict=True):
             p = base.clone()
             p.extra_args = {
                 **(p.extra_args or {}),
@@ -123,7 +165,13 @@ class GuardedLLM:
                 ENABLED_KEY: flag,
             }
             params.append(p)
-        inputs = [TokensPrompt(prompt_token_ids=list(map(int, ids))) for ids in prompts]
+        inputs = []
+        for ids, lang, flag in zip(prompts, langs, flags, strict=True):
+            tokens = list(map(int, ids))
+            item = TokensPrompt(prompt_token_ids=tokens)
+            if self.salted_prefix_cache:
+                item["cache_salt"] = routing_salt(tokens, lang, flag, self.bundle)
+            inputs.append(item)
         outputs = self.llm.generate(inputs, params, use_tqdm=use_tqdm)
         routes = {r["key"]: r for r in self.decisions(keys)}
         results = []
@@ -145,6 +193,7 @@ class GuardedLLM:
                     threshold_source=route["threshold_source"] if route else None,
                     language_fallback=bool(route["language_fallback"]) if route else False,
                     route=route or {},
+                    finish_reason=completion.finish_reason,
                 )
             )
         return results
@@ -183,4 +232,11 @@ class GuardedLLM:
         del self.llm
 
 
-__all__ = ["EXTENSION", "BabelgateError", "GuardedLLM", "VllmCompletion", "engine_kwargs"]
+__all__ = [
+    "EXTENSION",
+    "BabelgateError",
+    "GuardedLLM",
+    "VllmCompletion",
+    "engine_kwargs",
+    "routing_salt",
+]

@@ -199,14 +199,16 @@ class BabelgateWorkerExtension:
         lam: float | None = None,
         expected_fingerprint: str | None = None,
         layers_path: str | None = None,
+        salted_prefix_cache: bool = False,
     ) -> dict[str, Any]:
         """Load the gate bundle and install the guard on this worker (replacing any previous
-        one). Returns what was installed."""
+        one). Returns what was installed. `salted_prefix_cache`: the caller promises a
+        `routing_salt` on every request (GuardedLLM), so prefix caching is allowed."""
         import vllm
 
         check_vllm_version(vllm.__version__)
         worker: Any = self
-        check_engine_settings(worker.vllm_config)
+        check_engine_settings(worker.vllm_config, salted_prefix_cache=salted_prefix_cache)
         runner = worker.model_runner
         check_runner(runner)
         gate = Gate.load(bundle, expected_fingerprint=expected_fingerprint)
