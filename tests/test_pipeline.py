@@ -113,6 +113,7 @@ def test_rerun_reuses_completions_and_report_rebuilds(tiny_run: Path) -> None:
         (["--languages", "sw,am"], "no high-resource"),
         (["--mmlu", "/nonexistent/mmlu"], "does not exist"),
         (["--eval-languages", "en,yo"], "not among this run's languages"),
+        (["--objective", "accuracy"], "unknown threshold objective"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(

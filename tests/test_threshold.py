@@ -133,3 +133,19 @@ def test_bad_inputs_raise() -> None:
         select_threshold(torch.tensor([0.1, 0.2]), torch.tensor([1, 0]), "accuracy")
     with pytest.raises(DataError, match="no scores"):
         select_threshold(torch.tensor([]), torch.tensor([]))
+
+
+def test_class_means_takes_the_midpoint_of_the_class_means() -> None:
+    scores = [4.0, 3.0, 2.0, -0.5, 0.5, 1.5, 0.0, -3.0]
+    labels = [1, 1, 1, 1, 0, 0, 0, 0]
+    choice = select_threshold(scores, labels, "class_means")
+    # harmful mean 2.125, harmless mean -0.25 -> 0.9375; the boundary rule would take 1.75
+    assert choice.threshold == pytest.approx(0.9375)
+    assert select_threshold(scores, labels, "balanced_f1").threshold == pytest.approx(1.75)
+    assert (choice.tpr, choice.fpr) == (0.75, 0.25)
+    assert choice.n_candidates == 1 and not choice.degenerate
+
+
+def test_class_means_with_misordered_classes_is_degenerate() -> None:
+    choice = select_threshold([0.0, 1.0, 5.0, 6.0], [1, 1, 0, 0], "class_means")
+    assert choice.degenerate and choice.tpr < choice.fpr

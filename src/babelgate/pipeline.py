@@ -65,6 +65,8 @@ class RunOptions:
     methods: list[str] | None = None
     layer: int | None = None
     rank: int = 10
+    # Threshold rule for the source and every calibrated language (babelgate.threshold).
+    objective: str = "balanced_f1"
     # Sized so the default run (21 built-in languages, 5 methods) fits in ~15 min on a 2-core
     # CPU with the 0.5B model: measured single-thread costs are ~0.55 s per captured prompt and
     # ~1.2 s per 24-token completion at batch 16 (prefill ~0.75 s + ~0.02 s per decoded token).
@@ -117,6 +119,12 @@ class RunOptions:
         return names
 
     def validate(self) -> None:
+        from babelgate.threshold import OBJECTIVES
+
+        if self.objective not in OBJECTIVES:
+            raise DataError(
+                f"unknown threshold objective {self.objective!r}; choose one of {OBJECTIVES}"
+            )
         if any(isinstance(b, bool) or b < 1 for b in self.budgets):
             raise DataError(f"budgets must be integers >= 1 (b = 0 is gate_b0), got {self.budgets}")
         for name, value in (
@@ -221,7 +229,8 @@ def candidate_layers(n_layers: int, extra: int | None = None) -> list[int]:
     return layers
 
 
-def _split_languages(prompts: PromptSet) -> tuple[list[str], list[str]]:
+def split_languages(prompts: PromptSet) -> tuple[list[str], list[str]]:
+    """(source = high-resource languages present, targets = every other language)."""
     registry = prompts.registry
     langs = prompts.languages()
     sources = [c for c in langs if c in registry and registry.tier_of(c) == "high"]
@@ -320,7 +329,7 @@ def run_pipeline(
 
     with timer.step("load data"):
         prompts = load_run_prompts(options.data, options.languages)
-        sources, targets = _split_languages(prompts)
+        sources, targets = split_languages(prompts)
         train = draw_rows(prompts, "train", options.n_train, options.seed)
         test = draw_rows(prompts, "test", max(options.n_test, options.n_diag_test), options.seed)
         eval_set = draw_rows(test, "test", options.n_test, options.seed)
@@ -400,6 +409,7 @@ def run_pipeline(
             source_languages=sources,
             rank=rank,
             seed=options.seed,
+            objective=options.objective,
             model_fingerprint=handle.fingerprint,
             data_digest=train.digest(),
             model_spec=handle.name,

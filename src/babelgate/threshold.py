@@ -12,6 +12,11 @@ Tie rule: among candidates reaching the best objective value (within 1e-12), the
 threshold wins, as in the paper. Lower means more prompts fire, i.e. ties are resolved
 toward refusing, which is the conservative side for a safety gate.
 
+`class_means` is not a search: the threshold is the midpoint of the two classes' mean
+scores. It uses every example instead of the two nearest the boundary, so with b = 4 it
+moves less with one atypical example (benchmarks/threshold_rules.py measures the trade-off:
+fewer harmless prompts fire, fewer harmful ones too).
+
 Degenerate choices: a choice is `degenerate` when the selected threshold fires on all or on
 none of the calibration rows, i.e. no threshold separates the examples better than "refuse
 everything". This happens for a misordered b = 1 pair (harmful scored below harmless: the
@@ -33,8 +38,8 @@ import torch
 from babelgate.errors import DataError
 
 EPSILON = 1e-6
-Objective = Literal["balanced_f1", "f1"]
-OBJECTIVES: tuple[str, ...] = ("balanced_f1", "f1")
+Objective = Literal["balanced_f1", "f1", "class_means"]
+OBJECTIVES: tuple[str, ...] = ("balanced_f1", "f1", "class_means")
 _TIE_TOL = 1e-12
 
 ScoreT = TypeVar("ScoreT", torch.Tensor, np.ndarray)
@@ -169,6 +174,8 @@ def select_threshold(
         raise DataError(
             f"threshold selection needs both classes; got {n_pos} harmful, {n_neg} harmless"
         )
+    if objective == "class_means":
+        return _class_means_choice(s, y, n_pos, n_neg)
     cands = threshold_candidates(s, eps)
     # Counting form of `fires` for all candidates at once: #{score >= t} = n - #{score < t}.
     # The chosen threshold is re-checked with `fires` itself below.
@@ -195,4 +202,29 @@ def select_threshold(
         tpr=float(tp[pick]) / n_pos,
         fpr=float(fp[pick]) / n_neg,
         degenerate=n_fired in (0, n_pos + n_neg),
+    )
+
+
+def _class_means_choice(
+    s: torch.Tensor, y: torch.Tensor, n_pos: int, n_neg: int
+) -> ThresholdChoice:
+    """The midpoint of the harmful and harmless mean scores (float32), evaluated with `fires`."""
+    mid = (float(s[y].double().mean()) + float(s[~y].double().mean())) / 2.0
+    threshold = np.float32(mid)
+    pred = fires(s, torch.tensor(threshold))
+    tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
+    value = objective_values(torch.tensor([tp]), torch.tensor([fp]), n_pos, n_neg, "balanced_f1")
+    return ThresholdChoice(
+        threshold=float(threshold),
+        objective="class_means",
+        objective_value=float(value[0]),
+        n_pos=n_pos,
+        n_neg=n_neg,
+        n_candidates=1,
+        n_tied=1,
+        tpr=tp / n_pos,
+        fpr=fp / n_neg,
+        # Harmful examples scoring below harmless ones on average: the midpoint then fires
+        # more on harmless than harmful rows, which no gate should do.
+        degenerate=(tp + fp) in (0, n_pos + n_neg) or tp / n_pos < fp / n_neg,
     )

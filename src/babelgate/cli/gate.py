@@ -11,6 +11,7 @@ import torch
 import typer
 from rich.console import Console
 
+from babelgate.cli.options import ObjectiveOption
 from babelgate.cli.run import split_list
 from babelgate.errors import DataError
 from babelgate.packaged import DEFAULT_MODEL
@@ -24,6 +25,7 @@ def fit(
     model: Annotated[str, typer.Option("--model", "-m")] = DEFAULT_MODEL,
     layer: Annotated[str, typer.Option("--layer", help="'auto' or a block index")] = "auto",
     rank: Annotated[int, typer.Option("--rank", min=1)] = 10,
+    objective: ObjectiveOption = "balanced_f1",
     languages: Annotated[list[str] | None, typer.Option("--languages", "-l")] = None,
     sources: Annotated[
         list[str] | None,
@@ -110,6 +112,7 @@ def fit(
         source_languages=src,
         rank=min(rank, len(src)),
         seed=seed,
+        objective=objective,
         model_fingerprint=handle.fingerprint,
         data_digest=train.digest(),
         model_spec=handle.name,

@@ -15,3 +15,10 @@ LambdaOption = Annotated[
 DtypeOption = Annotated[
     str | None, typer.Option("--dtype", help="float32, bfloat16, float16 (default: auto)")
 ]
+ObjectiveOption = Annotated[
+    str,
+    typer.Option(
+        "--objective",
+        help="threshold rule: balanced_f1 (paper), f1, or class_means (midpoint of class means)",
+    ),
+]

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from babelgate.cli.options import ObjectiveOption
 from babelgate.errors import DataError
 from babelgate.packaged import DEFAULT_MODEL
 
@@ -84,6 +85,7 @@ def run(
     quick: Annotated[
         bool, typer.Option("--quick", help="few languages and prompts, short generations (demo/CI)")
     ] = False,
+    objective: ObjectiveOption = "balanced_f1",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
 ) -> None:
@@ -108,6 +110,7 @@ def run(
         "judge": judge,
         "batch_size": batch_size,
         "seed": seed,
+        "objective": objective,
         "progress": not no_progress,
     }
     if mmlu is not None and not mmlu.exists():
