@@ -122,3 +122,38 @@ def test_serve_answers_requests_and_stops_on_sigint(
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "serving 'tiny'" in stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--backend", "tgi"], "unknown --backend"),
+        (["--vllm-args", "{}"], "--vllm-args needs --backend vllm"),
+        (["--backend", "vllm", "--vllm-args", "[1, 2]"], "JSON object"),
+        (["--backend", "vllm", "--vllm-args", "{not json"], "not valid JSON"),
+    ],
+)
+def test_serve_backend_options_are_checked(
+    models_and_bundle: tuple[Path, Path, Path], extra: list[str], message: str
+) -> None:
+    model_dir, _, bundle = models_and_bundle
+    result = run_cli("serve", str(bundle), "--model", str(model_dir), *extra)
+    assert result.returncode == 2, result.stderr
+    assert message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_vllm_backend_without_vllm_says_how_to_get_it(
+    models_and_bundle: tuple[Path, Path, Path],
+) -> None:
+    pytest.importorskip("fastapi")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vLLM is installed here; tests/test_vllm_plugin.py covers the back end")
+    model_dir, _, bundle = models_and_bundle
+    result = run_cli("serve", str(bundle), "--model", str(model_dir), "--backend", "vllm")
+    assert result.returncode == 2, result.stderr
+    assert "setup_vllm_env.sh" in result.stderr and "Traceback" not in result.stderr

@@ -71,12 +71,15 @@ def _vllm_engine(
         raise DataError(f"--vllm-args is not valid JSON: {exc}") from None
     if not isinstance(extra, dict):
         raise DataError("--vllm-args must be a JSON object")
-    try:
-        from babelgate.vllm_plugin.serving import VllmEngine
-    except ImportError as exc:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
         raise DataError(
-            f"--backend vllm needs vLLM in this environment ({exc}); see scripts/setup_vllm_env.sh"
-        ) from None
+            "--backend vllm needs vLLM in this environment; create one with "
+            "scripts/setup_vllm_env.sh and run .venv-vllm/bin/babelgate"
+        )
+    from babelgate.vllm_plugin.serving import VllmEngine
+
     location = locate_model(spec)
     if location.kind not in ("packaged", "hf_dir"):
         raise DataError(
