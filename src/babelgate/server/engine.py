@@ -275,23 +275,37 @@ class Engine(PromptEncoder):
         self, jobs: Sequence[ModerationJob], metrics: ServerMetrics | None = None
     ) -> None:
         """Score every text of every job: forward to block L only, batched by length."""
-        texts = [t for job in jobs for t in job.texts]
-        languages = [lang for job in jobs for lang in job.languages]
-        try:
+
+        def score(texts: list[str], languages: list[str | None]) -> list[Verdict]:
             with self.lock:
                 outcomes = self.guard.decide(
                     texts, languages, batch_size=self.moderation_batch_size, progress=False
                 )
-            verdicts = [Verdict.from_outcome(o) for o in outcomes]
-        except Exception as exc:
-            for job in jobs:
-                job.emit(exc)
-            return
+            return [Verdict.from_outcome(o) for o in outcomes]
+
+        n_texts = answer_moderation(jobs, score)
         if metrics is not None:
-            for start in range(0, len(texts), self.moderation_batch_size):
-                size = min(self.moderation_batch_size, len(texts) - start)
+            for start in range(0, n_texts, self.moderation_batch_size):
+                size = min(self.moderation_batch_size, n_texts - start)
                 metrics.batch_size.observe(size, kind="moderation")
-        offset = 0
+
+
+def answer_moderation(
+    jobs: Sequence[ModerationJob],
+    score: Callable[[list[str], list[str | None]], list[Verdict]],
+) -> int:
+    """Score the texts of all jobs in one call and hand each job its slice of the verdicts
+    (or the error, to every job). Returns the number of texts scored (0 after an error)."""
+    texts = [t for job in jobs for t in job.texts]
+    languages = [lang for job in jobs for lang in job.languages]
+    try:
+        verdicts = score(texts, languages)
+    except Exception as exc:
         for job in jobs:
-            job.emit(verdicts[offset : offset + len(job.texts)])
-            offset += len(job.texts)
+            job.emit(exc)
+        return 0
+    offset = 0
+    for job in jobs:
+        job.emit(verdicts[offset : offset + len(job.texts)])
+        offset += len(job.texts)
+    return len(texts)

@@ -18,6 +18,7 @@ from typing import Any
 
 from babelgate.errors import BabelgateError
 from babelgate.gate import Gate
+from babelgate.server.decoding import FINISH_LENGTH
 from babelgate.server.engine import (
     ChatJob,
     Delta,
@@ -27,6 +28,7 @@ from babelgate.server.engine import (
     PromptEncoder,
     Started,
     Verdict,
+    answer_moderation,
 )
 from babelgate.server.metrics import ServerMetrics
 from babelgate.vllm_plugin.engine import GuardedLLM, VllmCompletion
@@ -124,7 +126,7 @@ class VllmEngine(PromptEncoder):
             job.emit(Started(verdict))
             if text:
                 job.emit(Delta(text))
-            job.emit(Finished(out.finish_reason or "length", len(out.token_ids), text))
+            job.emit(Finished(out.finish_reason or FINISH_LENGTH, len(out.token_ids), text))
             if metrics is not None:
                 metrics.tokens.inc(len(out.token_ids))
 
@@ -134,26 +136,18 @@ class VllmEngine(PromptEncoder):
         """Score every text: a prefill with one generated token, whose routing is the verdict."""
         from vllm import SamplingParams
 
-        texts = [t for job in jobs for t in job.texts]
-        languages = [lang for job in jobs for lang in job.languages]
-        try:
+        def score(texts: list[str], languages: list[str | None]) -> list[Verdict]:
             with self.lock:
                 outs = self.llm.generate(
                     self.moderation_ids(texts),
                     languages,
                     sampling=SamplingParams(temperature=0.0, max_tokens=1),
                 )
-            verdicts = [verdict_of(o) for o in outs]
-        except Exception as exc:
-            for job in jobs:
-                job.emit(exc)
-            return
-        if metrics is not None:
-            metrics.batch_size.observe(len(texts), kind="moderation")
-        offset = 0
-        for job in jobs:
-            job.emit(verdicts[offset : offset + len(job.texts)])
-            offset += len(job.texts)
+            return [verdict_of(o) for o in outs]
+
+        n_texts = answer_moderation(jobs, score)
+        if metrics is not None and n_texts:
+            metrics.batch_size.observe(n_texts, kind="moderation")
 
     def close(self) -> None:
         self.llm.close()
