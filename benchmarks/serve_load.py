@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from babelgate.server.loopback import free_port, wait_until_healthy
 
 MAX_REQUESTS = 5_000
 MAX_INPUTS = 20_000
@@ -70,12 +71,6 @@ def run_server(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- client side
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -178,17 +173,10 @@ class ServerProcess:
         )
 
     def wait_ready(self, deadline: float) -> None:
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited: {self.proc.communicate()[1][-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("server did not start in time")
-            time.sleep(0.25)
+        try:
+            wait_until_healthy(self.proc, self.url, timeout=deadline - time.monotonic())
+        except (RuntimeError, TimeoutError) as exc:
+            raise SystemExit(str(exc)) from None
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)

