@@ -27,42 +27,18 @@ import torch
 from babelgate.capture import capture
 from babelgate.gate import Gate
 from babelgate.guard import Guard
-from babelgate.models import ModelHandle, load_model, wrap_model
+from babelgate.models import ModelHandle, load_model
 
 SOURCES = ("en", "fr", "de", "es")
 TARGETS = ("en", "sw", "fr", "bn", "th", "de")
 
 
 def tiny_model(root: Path) -> tuple[str, ModelHandle]:
-    """A random Qwen2 with head_dim 32 (vLLM's CPU attention needs it) saved under root."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+    """The vLLM-compatible tiny random Qwen2 the plugin tests use, saved under root."""
+    from babelgate.testing import save_tiny_vllm_model
 
-    from babelgate.testing import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.2)
-    path = root / "model"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return str(path), wrap_model(model, AutoTokenizer.from_pretrained(path), name="tiny")
+    path, handle = save_tiny_vllm_model(root, name="tiny")
+    return str(path), handle
 
 
 def packaged_model(alias: str) -> tuple[str, ModelHandle]:

@@ -31,9 +31,9 @@ from babelgate.errors import ArtifactError, BabelgateError
 from babelgate.gate import Gate
 from babelgate.generation import generation_config
 from babelgate.guard import Guard
-from babelgate.models import ModelHandle, wrap_model
+from babelgate.models import ModelHandle
 from babelgate.server.loopback import free_port, wait_until_healthy
-from babelgate.testing import tiny_tokenizer
+from babelgate.testing import save_tiny_vllm_model
 from babelgate.vllm_plugin import GuardedLLM, VllmCompatibilityError, engine_kwargs
 from babelgate.vllm_plugin.compat import check_vllm_version
 from babelgate.vllm_plugin.routing import RequestRoute, plan_step, route_from_extra_args
@@ -88,32 +88,8 @@ def _texts(seed: int, n: int, lo: int, hi: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
-
     root = tmp_path_factory.mktemp("vllm_tiny")
-    tok = tiny_tokenizer()
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.2)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float32)
-    handle = wrap_model(model, AutoTokenizer.from_pretrained(root / "model"), name="tiny-vllm")
+    _, handle = save_tiny_vllm_model(root)
     prompts = _texts(0, 80, 3, 12)
     labels = [i % 2 for i in range(80)]
     langs = [["en", "fr", "sw"][i % 3] for i in range(80)]

@@ -6,6 +6,7 @@ packaged models; their outputs are meaningless.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -100,3 +101,34 @@ def tiny_model(
             if param.dim() > 1:
                 param.normal_(0.0, 0.2)
     return wrap_model(model, tokenizer, name=f"tiny-{arch}-{seed}")
+
+
+def save_tiny_vllm_model(root: Path, name: str = "tiny-vllm") -> tuple[Path, ModelHandle]:
+    """A random Qwen2 with head_dim 32 (vLLM's CPU attention needs it) saved to root/"model"
+    as a Hugging Face directory; returns (that directory, the model reloaded from it)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+
+    tok = tiny_tokenizer()
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.2)
+    path = root / "model"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return path, wrap_model(model, AutoTokenizer.from_pretrained(path), name=name)
